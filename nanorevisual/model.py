@@ -1,0 +1,131 @@
+"""Load a Qwen2.5-VL policy and its processor, from a hub id, a local HF folder, or "tiny".
+
+One function, `load_model_and_processor`, serves every script: train_sft.py, train_grpo.py and eval.py.
+"tiny" builds (once, then caches under runs/tiny-model/) the random ~1M-parameter model of `nanorevisual.tiny`,
+so everything runs offline on CPU; any other value goes through `from_pretrained` exactly as a real
+`Qwen/Qwen2.5-VL-7B-Instruct` folder would.
+
+Pitfalls handled here (shared/pitfalls.md):
+1. No torchvision: the stock `Qwen2_5_VLProcessor` cannot be built and `AutoProcessor` silently returns a bare
+   tokenizer, so the processor is always assembled from the PIL image processor + tokenizer (§2).
+2. The chat template must carry `{% generation %}` markers for assistant-only SFT labels. The stock Qwen template
+   has none, so when a loaded template lacks them we swap in `QWEN_CHAT_TEMPLATE`, which renders the same text.
+"""
+
+import os
+
+import torch
+from transformers import AutoModelForImageTextToText, AutoTokenizer, Qwen2_5_VLProcessor, Qwen2VLImageProcessorPil
+
+# Vision special tokens that must never be sampled (pitfalls.md §4): a sampled <|image_pad|> makes the
+# training forward count an extra image slot and crash.
+VISION_SPECIAL_TOKENS = ["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"]
+TINY_DIR = os.path.join("runs", "tiny-model")
+
+
+def chat_template(default_system=None):
+    """Qwen2-VL style chat template with {% generation %} around each assistant reply (incl. <|im_end|>).
+
+    No whitespace control anywhere: the string has no incidental whitespace, and a `-` next to the literal
+    newlines would eat them.
+    """
+    system = ""
+    if default_system:
+        system = ("{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n"
+                  + default_system + "<|im_end|>\n{% endif %}")
+    return (
+        "{% macro render(content) %}"
+        "{% if content is string %}{{ content }}"
+        "{% else %}{% for item in content %}"
+        "{% if item['type'] == 'image' or 'image' in item or 'image_url' in item %}"
+        "<|vision_start|><|image_pad|><|vision_end|>"
+        "{% elif item['type'] == 'video' or 'video' in item %}<|vision_start|><|video_pad|><|vision_end|>"
+        "{% elif 'text' in item %}{{ item['text'] }}{% endif %}"
+        "{% endfor %}{% endif %}"
+        "{% endmacro %}"
+        "{% for message in messages %}" + system +
+        "<|im_start|>{{ message['role'] }}\n"
+        "{% if message['role'] == 'assistant' %}"
+        "{% generation %}{{ render(message['content']) }}<|im_end|>{% endgeneration %}"
+        "{% else %}{{ render(message['content']) }}<|im_end|>{% endif %}{{ '\\n' }}"  # HF sets trim_blocks
+        "{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+
+
+# The stock Qwen2.5-VL template (default system prompt included), plus generation markers.
+QWEN_CHAT_TEMPLATE = chat_template(default_system="You are a helpful assistant.")
+
+
+class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
+    """Qwen2.5-VL processor without the video processor, which needs torchvision (pitfalls.md §2)."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        kwargs.pop("video_processor", None)
+        super().__init__(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+                         chat_template=chat_template, **kwargs)
+
+
+def load_processor(path, min_pixels=None, max_pixels=None):
+    """Image processor (PIL backend) + tokenizer from an HF folder or hub id, as one image-only processor."""
+    size_kwargs = {}
+    if min_pixels is not None or max_pixels is not None:
+        ip0 = Qwen2VLImageProcessorPil.from_pretrained(path)
+        size_kwargs["size"] = {"shortest_edge": min_pixels or ip0.size["shortest_edge"],
+                               "longest_edge": max_pixels or ip0.size["longest_edge"]}
+    image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, **size_kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "left"  # rollouts and eval generate from left-padded prompts
+    template = tokenizer.chat_template
+    if not template or "{% generation %}" not in template:
+        template = QWEN_CHAT_TEMPLATE  # renders the same text as Qwen's own, plus assistant masks
+    tokenizer.chat_template = template
+    return ImageOnlyQwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=template)
+
+
+def resolve_model_path(path):
+    """'tiny' -> the cached tiny model folder (built on first use); anything else unchanged."""
+    if path != "tiny":
+        return path
+    if not os.path.exists(os.path.join(TINY_DIR, "config.json")):
+        from nanorevisual.tiny import build_tiny
+        build_tiny(TINY_DIR)
+    return TINY_DIR
+
+
+def load_model_and_processor(path, *, dtype=torch.float32, attn_implementation="sdpa", grad_checkpointing=False,
+                             device="cpu", min_pixels=None, max_pixels=None, load_model=True):
+    """The one loader every script uses. Returns (model, processor); model is None when load_model=False."""
+    path = resolve_model_path(path)
+    processor = load_processor(path, min_pixels=min_pixels, max_pixels=max_pixels)
+    model = None
+    if load_model:
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
+        model.to(device)
+        if grad_checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
+        set_generation_ids(model, processor)
+    return model, processor
+
+
+def set_generation_ids(model, processor):
+    """Stop at <|im_end|>, pad with the tokenizer's pad id (generation_config of a fresh model may lack both)."""
+    tok = processor.tokenizer
+    model.generation_config.eos_token_id = tok.convert_tokens_to_ids("<|im_end|>")
+    model.generation_config.pad_token_id = tok.pad_token_id
+
+
+def vision_token_ids(processor):
+    """Ids of the vision special tokens, for generate(suppress_tokens=...) and the matching log-prob mask."""
+    return [processor.tokenizer.convert_tokens_to_ids(t) for t in VISION_SPECIAL_TOKENS]
+
+
+def freeze_vision(model):
+    """Freeze the vision tower (paper §5.1: TRL stage). Frozen params must also be left out of the optimizer."""
+    for p in model.model.visual.parameters():
+        p.requires_grad_(False)
+
+
+def count_params(model, trainable_only=False):
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,96 @@
+"""Build a tiny random Qwen2.5-VL as an ordinary HF folder, offline, deterministically, in about a second.
+
+    python -m nanorevisual.tiny --out runs/tiny-model
+
+The folder holds config.json, generation_config.json, model.safetensors, tokenizer files with the Qwen special
+tokens, a chat template with {% generation %} markers, and the PIL image processor config. Every script accepts
+`--model tiny`, which builds this folder once (runs/tiny-model/) and then loads it like any other checkpoint.
+
+Sizes: the "big" config of shared/toy-recipe.md §2 (text hidden 128, 4 layers, 4 heads / 2 KV heads; vision hidden
+64, depth 2), ~1.0M parameters, which learns the toy tasks on 2 CPU cores in minutes. Images are resized into
+[56*56, 112*112] pixels, so a 56x56 toy image is 4 visual tokens.
+"""
+
+import argparse
+import os
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
+
+from nanorevisual.model import ImageOnlyQwen2_5_VLProcessor, chat_template
+
+# Qwen's special tokens; ids 0..6 in the tiny vocabulary. The processor also looks up <|video_pad|>.
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                  "<|image_pad|>", "<|video_pad|>"]
+TINY_CHAT_TEMPLATE = chat_template(default_system=None)  # no default system turn: shorter toy sequences
+
+
+def build_tokenizer(corpus, vocab_size=512):
+    """Byte-level BPE trained on `corpus` (any Unicode text still round-trips through the byte alphabet)."""
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(corpus, trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                  unk_token=None, padding_side="left", additional_special_tokens=SPECIAL_TOKENS[1:])
+    tok.chat_template = TINY_CHAT_TEMPLATE
+    return tok
+
+
+def tiny_config(tok, hidden=128, layers=4, heads=4, kv_heads=2, vision_hidden=64, vision_depth=2):
+    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    head_dim = hidden // heads
+    half = head_dim // 2  # mrope_section must sum to head_dim / 2 (pitfalls.md §1)
+    mrope = [half - 2 * (half * 3 // 8), half * 3 // 8, half * 3 // 8]
+    return Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                         max_position_embeddings=2048, rms_norm_eps=1e-6,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": mrope},
+                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+                         pad_token_id=ids["<|endoftext|>"]),
+        vision_config=dict(depth=vision_depth, hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
+                           num_heads=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+                           out_hidden_size=hidden,  # must equal the text hidden size (pitfalls.md §1)
+                           window_size=112, fullatt_block_indexes=[vision_depth - 1]),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False)
+
+
+def build_tiny_stack(seed=0, **config_kwargs):
+    """(model, processor) in memory: tokenizer + PIL image processor + random model, all deterministic."""
+    from nanorevisual.toy import tokenizer_corpus
+    tok = build_tokenizer(tokenizer_corpus())
+    image_processor = Qwen2VLImageProcessorPil(size={"shortest_edge": 56 * 56, "longest_edge": 112 * 112},
+                                               patch_size=14, temporal_patch_size=2, merge_size=2)
+    processor = ImageOnlyQwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tok,
+                                             chat_template=TINY_CHAT_TEMPLATE)
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(tiny_config(tok, **config_kwargs))
+    model.generation_config.eos_token_id = tok.convert_tokens_to_ids("<|im_end|>")
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model, processor
+
+
+def build_tiny(out_dir, seed=0):
+    """Write the tiny stack as an HF folder (atomically: temp folder, then rename)."""
+    from nanorevisual.checkpoint import atomic_dir
+    model, processor = build_tiny_stack(seed)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+    return out_dir
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Write a tiny random Qwen2.5-VL HF folder.")
+    parser.add_argument("--out", default="runs/tiny-model", help="output folder")
+    parser.add_argument("--seed", type=int, default=0, help="init seed")
+    args = parser.parse_args()
+    build_tiny(args.out, seed=args.seed)
+    n = sum(p.numel() for p in Qwen2_5_VLForConditionalGeneration.from_pretrained(args.out).parameters())
+    print(f"wrote tiny Qwen2.5-VL ({n:,} params) to {args.out}")

@@ -1,0 +1,249 @@
+"""Stage 1 of ReVisual-R1: cold-start SFT on text reasoning traces, loss on assistant tokens only (paper §3, §5).
+
+    python train_sft.py                                              # tiny model + toy data, CPU, ~1-2 min
+    python train_sft.py --model Qwen/Qwen2.5-VL-7B-Instruct --data grammar_sft.jsonl --out-dir runs/sft
+    torchrun --nproc_per_node=8 train_sft.py --model Qwen/Qwen2.5-VL-7B-Instruct --data grammar_sft.jsonl \
+        --out-dir runs/sft --grad-checkpointing 1
+
+Writes OUT_DIR/step_XXXXXX/ and OUT_DIR/final/ (HF folders: the next stage takes them as --model) and
+OUT_DIR/metrics.jsonl. Flags left unset take the preset of the model: the toy preset for --model tiny, the paper's
+settings (paper.md §5, Table 5) otherwise; the resolved values are printed and saved in meta.json.
+
+Deviations from the paper / released code:
+1. The loss is a token mean over the whole optimizer step (all micro-batches and ranks), not LLaMA-Factory's
+   per-micro-batch mean, so gradient accumulation and world size do not change the weighting.
+2. Rows longer than --max-length are truncated inside the assistant reply (LLaMA-Factory cuts anywhere); rows whose
+   prompt alone is too long are dropped and counted.
+3. Data order is a seeded permutation per epoch; resume recomputes the position from the step, no sampler state.
+"""
+
+import argparse
+import json
+import math
+import os
+import time
+
+import torch
+
+from nanorevisual import checkpoint, data, dist
+from nanorevisual.common import MetricsLogger, default_dtype, lr_multiplier, set_seed, truncate_jsonl
+from nanorevisual.dist import print0
+from nanorevisual.grpo import token_logps
+from nanorevisual.model import count_params, freeze_vision, load_model_and_processor
+
+# ----------------------------------------------------------------------------------------------------------------
+# CLI
+parser = argparse.ArgumentParser(description="Cold-start SFT (ReVisual-R1 stage 1)")
+# Model / data
+parser.add_argument("--model", default="tiny", help="hub id, HF folder, or 'tiny' (built locally)")
+parser.add_argument("--data", default=None, help="SFT JSONL/parquet (default: the toy set, built on first use)")
+parser.add_argument("--val-data", default=None, help="held-out SFT file for the eval loss (default: toy val set)")
+parser.add_argument("--out-dir", default="runs/sft", help="checkpoints and metrics.jsonl go here")
+parser.add_argument("--skip-bad-rows", type=int, default=0, help="1: skip malformed rows (counted) instead of stopping")
+# Optimization (None = the model's preset)
+parser.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimizer steps (-1: epochs)")
+parser.add_argument("--epochs", type=float, default=None, help="passes over the data (paper: 5)")
+parser.add_argument("--lr", type=float, default=None, help="peak learning rate (paper: 2e-5)")
+parser.add_argument("--min-lr-ratio", type=float, default=None, help="cosine floor as a fraction of --lr")
+parser.add_argument("--warmup-ratio", type=float, default=None, help="warmup steps / total steps (paper: 0.05)")
+parser.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay")
+parser.add_argument("--batch-size", type=int, default=None, help="rows per micro-batch, summed over all ranks")
+parser.add_argument("--grad-accum", type=int, default=None, help="micro-batches per optimizer step")
+parser.add_argument("--max-length", type=int, default=None, help="max tokens per row (paper: 32768)")
+parser.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm")
+parser.add_argument("--grad-checkpointing", type=int, default=0, help="1: activation checkpointing")
+parser.add_argument("--freeze-vision", type=int, default=1, help="1: vision tower frozen (LLaMA-Factory default)")
+parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16")
+# Runtime / checkpointing
+parser.add_argument("--seed", type=int, default=0, help="seed for init, data order and dropout")
+parser.add_argument("--resume", type=int, default=0, help="1: continue from the last OUT_DIR/step_* folder")
+parser.add_argument("--save-every", type=int, default=0, help="save OUT_DIR/step_XXXXXX every N steps (0: only final)")
+parser.add_argument("--eval-every", type=int, default=None, help="held-out loss every N steps")
+parser.add_argument("--log-every", type=int, default=1, help="print a line every N steps")
+args = parser.parse_args()
+
+TOY = {"epochs": 6, "lr": 2e-3, "min_lr_ratio": 0.1, "warmup_ratio": 0.05, "weight_decay": 0.0, "batch_size": 64,
+       "grad_accum": 1, "max_length": 256, "eval_every": 50}  # shared/toy-recipe.md §3
+PAPER = {"epochs": 5, "lr": 2e-5, "min_lr_ratio": 0.0, "warmup_ratio": 0.05, "weight_decay": 0.0, "batch_size": 8,
+         "grad_accum": 16, "max_length": 32768, "eval_every": 200}  # paper.md §5 / Table 5 (128 rows per step)
+preset = TOY if args.model == "tiny" else PAPER
+for key, value in preset.items():
+    if getattr(args, key) is None:
+        setattr(args, key, value)
+if args.data is None:
+    from nanorevisual.toy import ensure_toy_data
+    toy_dir = ensure_toy_data()
+    args.data = os.path.join(toy_dir, "sft_train.jsonl")
+    args.val_data = args.val_data or os.path.join(toy_dir, "sft_val.jsonl")
+user_config = vars(args).copy()
+
+# ----------------------------------------------------------------------------------------------------------------
+# Compute init
+ddp, rank, local_rank, world_size, device = dist.compute_init()
+master_process = rank == 0
+set_seed(args.seed)
+dtype = default_dtype(device, args.dtype)
+print0(json.dumps(user_config, indent=1))
+assert args.batch_size % world_size == 0, f"--batch-size {args.batch_size} must divide by world size {world_size}"
+rows_per_step = args.batch_size * args.grad_accum
+local_batch = args.batch_size // world_size
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model, optimizer
+resume_dir = checkpoint.find_last_step(args.out_dir) if args.resume else None
+model_path = resume_dir or args.model
+model, processor = load_model_and_processor(model_path, dtype=torch.float32, device=device,
+                                            grad_checkpointing=bool(args.grad_checkpointing))
+if args.freeze_vision:
+    freeze_vision(model)
+print0(f"model {model_path}: {count_params(model):,} params, {count_params(model, True):,} trainable")
+if ddp:
+    model = dist.shard_model(model, device)
+elif dtype != torch.float32:
+    model.to(dtype)
+params = [p for p in model.parameters() if p.requires_grad]
+optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
+pad_token_id = processor.tokenizer.pad_token_id
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data
+train_rows = data.load_sft_rows(args.data, skip_bad=bool(args.skip_bad_rows))
+val_rows = data.load_sft_rows(args.val_data, skip_bad=bool(args.skip_bad_rows)) if args.val_data else []
+steps_per_epoch = len(train_rows) // rows_per_step
+assert steps_per_epoch > 0, f"{args.data}: {len(train_rows)} rows < {rows_per_step} rows per step"
+total_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.epochs * steps_per_epoch)
+warmup_steps = max(1, round(args.warmup_ratio * total_steps))
+scheduler = torch.optim.lr_scheduler.LambdaLR(
+    optimizer, lambda s: lr_multiplier(s, total_steps, warmup_steps, args.min_lr_ratio))
+print0(f"{len(train_rows)} train rows, {len(val_rows)} val rows | {rows_per_step} rows/step "
+       f"= batch {args.batch_size} x accum {args.grad_accum} | {local_batch} rows/micro-batch/rank | "
+       f"{steps_per_epoch} steps/epoch | {total_steps} steps | warmup {warmup_steps}")
+
+
+def step_rows(step):
+    """The rows of optimizer step `step`: a seeded permutation per epoch, so resume needs only the step."""
+    epoch, offset = divmod(step, steps_per_epoch)
+    order = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(args.seed * 1000 + epoch))
+    idx = order[offset * rows_per_step:(offset + 1) * rows_per_step].tolist()
+    micro = [idx[m * args.batch_size:(m + 1) * args.batch_size] for m in range(args.grad_accum)]
+    return [[train_rows[i] for i in m[rank * local_batch:(rank + 1) * local_batch]] for m in micro]
+
+
+def encode(rows):
+    encoded = [data.encode_sft_row(processor, r["messages"], args.max_length) for r in rows]
+    kept = [e for e in encoded if e is not None]
+    if not kept:
+        raise data.DataError(f"{rows[0]['where']}: every row of this micro-batch has a prompt longer than "
+                             f"--max-length {args.max_length}")
+    return data.collate_sft(kept, pad_token_id), len(encoded) - len(kept)
+
+
+def loss_sum(batch):
+    """Sum of next-token cross-entropy over label tokens of one micro-batch, and that token count."""
+    batch = {k: v.to(device) for k, v in batch.items()}
+    labels = batch.pop("labels")[:, 1:]  # (B, L-1) next-token targets
+    logits = model(**batch, use_cache=False).logits[:, :-1]  # (B, L-1, V)
+    mask = labels != data.IGNORE_INDEX  # (B, L-1)
+    logps = token_logps(logits, labels.clamp(min=0))  # (B, L-1) fp32, chunked over the vocabulary
+    return -(logps * mask).sum(), mask.sum()
+
+
+@torch.no_grad()
+def eval_loss():
+    model.eval()
+    total, count = 0.0, 0
+    mine = val_rows[rank::world_size]
+    for i in range(0, max(len(mine), 1), local_batch):
+        chunk = mine[i:i + local_batch]
+        if not chunk:  # FSDP: every rank runs the same number of forwards
+            chunk = val_rows[:1]
+        batch, _ = encode(chunk)
+        s, n = loss_sum(batch)
+        if i < len(mine):
+            total, count = total + s.item(), count + n.item()
+    model.train()
+    total, count = dist.all_reduce_sum([total, count], device)
+    return total / max(count, 1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Resume
+start_step = 0
+if resume_dir:
+    state = checkpoint.load_resume_state(resume_dir)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    checkpoint.set_rng_state(state["rng"])
+    start_step = state["step"]
+    print0(f"resumed from {resume_dir} at step {start_step}")
+    if master_process:
+        truncate_jsonl(os.path.join(args.out_dir, "metrics.jsonl"), start_step)
+metrics = MetricsLogger(args.out_dir, enabled=master_process)
+
+
+def save(name, step):
+    sd = dist.full_state_dict(model) if ddp else None
+    resume_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": checkpoint.rng_state(), "step": step}
+    if master_process:
+        unwrapped = model
+        checkpoint.save_checkpoint(os.path.join(args.out_dir, name), unwrapped, processor,
+                                   {"user_config": user_config, "step": step, "stage": "sft"},
+                                   resume_state=None if name == "final" else resume_state, state_dict=sd)
+    dist.barrier()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training loop
+model.train()
+dropped_total = 0
+for step in range(start_step, total_steps):
+    t0 = time.perf_counter()
+    if args.eval_every and val_rows and step % args.eval_every == 0:
+        val = eval_loss()
+        print0(f"step {step:5d} | val_loss {val:.4f}")
+        metrics.log({"step": step, "eval/loss": val})
+
+    # -------- TRAINING SECTION BEGIN --------
+    micro_batches = []
+    for rows in step_rows(step):
+        batch, dropped = encode(rows)
+        micro_batches.append(batch)
+        dropped_total += dropped
+    local_tokens = sum(int((b["labels"][:, 1:] != data.IGNORE_INDEX).sum()) for b in micro_batches)
+    (global_tokens,) = dist.all_reduce_sum([local_tokens], device)  # token mean over the whole step
+    step_loss = 0.0
+    for batch in micro_batches:
+        s, _ = loss_sum(batch)
+        # FSDP averages gradients over ranks; multiplying by world_size turns that back into a sum, so the update
+        # is sum(token losses over all ranks) / global_tokens, identical to one rank on the global batch.
+        (s * world_size / global_tokens).backward()
+        step_loss += s.item()
+    grad_norm = dist.grad_norm_value(torch.nn.utils.clip_grad_norm_(params, args.clip_grad))
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    # -------- TRAINING SECTION END --------
+
+    (loss_total,) = dist.all_reduce_sum([step_loss], device)
+    dt = time.perf_counter() - t0
+    record = {"step": step + 1, "train/loss": loss_total / global_tokens, "train/lr": lr, "train/grad_norm": grad_norm,
+              "train/tokens": global_tokens, "time/step": dt, "time/tokens_per_s": global_tokens / dt,
+              "data/dropped_rows": dropped_total}
+    metrics.log(record)
+    if (step + 1) % args.log_every == 0 or step == start_step:
+        print0(f"step {step + 1:5d}/{total_steps} | loss {record['train/loss']:.4f} | lr {lr:.2e} | "
+               f"grad_norm {grad_norm:.3f} | tok/s {record['time/tokens_per_s']:.0f} | dt {dt * 1000:.0f}ms")
+    if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < total_steps:
+        save(f"step_{step + 1:06d}", step + 1)
+
+if val_rows:
+    val = eval_loss()
+    print0(f"step {total_steps:5d} | val_loss {val:.4f}")
+    metrics.log({"step": total_steps, "eval/loss": val})
+save("final", total_steps)
+if dropped_total:
+    print0(f"dropped {dropped_total} rows whose prompt exceeded --max-length {args.max_length}")
+print0(f"done: {os.path.join(args.out_dir, 'final')}")
+dist.compute_cleanup()
