@@ -12,9 +12,10 @@ adapter per benchmark onto one plain-dict eval record, which `eval.py` consumes:
      "options": dict[str, str],  # letter -> option text ({} for free form, or when the options live in the image)
      "meta": dict}               # subject / level / precision / answer_type / ...
 
-Adapters always emit exactly len(images) "<image>" markers: MathVision's "<image1>" becomes "<image>", and
-a question without markers gets them prepended ("<image>\\n" + text), which is where the EasyR1 convention
-(paper.md §4) inserts the image slot. A real record (MathVista testmini pid 1, question shortened):
+Benchmark adapters always emit exactly len(images) "<image>" markers: an "<image1>"-style marker becomes
+"<image>", and a question without markers gets them prepended ("<image>\\n" + text); the EasyR1 convention
+(paper.md §4) puts an image slot at each marker. Rows in the project's own format are passed through as
+written (no markers = images before the text). A real record (MathVista testmini pid 1, question shortened):
 
     {"id": "mathvista-1", "benchmark": "mathvista",
      "problem": "<image>\\nWhen a spring does work on an object, ... by what distance $d$ is the spring compressed?",
@@ -26,7 +27,10 @@ Where to get each benchmark, and what `load_benchmark(name, path)` expects to fi
 are resolved against the file's folder, then its `images/` subfolder; parquet exports carry the image bytes):
 
     mathverse   AI4Math/MathVerse, testmini (3940 rows = 788 problems x 5 versions): testmini.json beside the
-                images_version_* folders, or the parquet export. Fields confirmed from released rows.
+                images_version_* folders, or the parquet export. Fields (sample_index, problem_index,
+                problem_version, question, image, answer, question_type, metadata, query_wo, query_cot) confirmed
+                from released rows; whether `image` in testmini.json includes the images_version_* folder was
+                not checked (the path is resolved as given, relative to the json's folder).
     mathvision  MathLLMs/MathVision, split `test` (3040 rows): data/test-*.parquet, or test.jsonl + images/.
                 Fields (id, question, options, image, decoded_image, answer, solution, level, subject) confirmed
                 from the dataset card.
@@ -204,9 +208,13 @@ def _parse_options(text):
 
 
 def _choice_label(text):
-    """A gold / predicted choice label: "B", "(B)", "A, C", "A and C", "AC" -> "B", "B", "AC", "AC", "AC"; "3" -> "3"."""
+    """Choice label of a gold / predicted answer, or None.
+
+    "B", "(B)", "A, C", "A and C", "AC" -> "B", "B", "AC", "AC", "AC"; "3" -> "3"; "40°" -> None.
+    """
     parts = [p for p in re.split(r"[\s,;/&()\[\].:]+|\band\b", str(text).strip(), flags=re.I) if p]
-    if parts and all(re.fullmatch(r"[A-Za-z]", p) for p in parts) and (len(parts) == 1 or all(p.isupper() for p in parts)):
+    single_letters = parts and all(re.fullmatch(r"[A-Za-z]", p) for p in parts)
+    if single_letters and (len(parts) == 1 or all(p.isupper() for p in parts)):
         return "".join(sorted({p.upper() for p in parts}))
     if len(parts) == 1 and re.fullmatch(r"[A-Z]{2,8}", parts[0]) and len(set(parts[0])) == len(parts[0]):
         return "".join(sorted(parts[0]))
@@ -272,7 +280,7 @@ def adapt_mathverse(row, index, base_dir):
 def adapt_mathvision(row, index, base_dir):
     """MathVision row -> record.
 
-    question (contains "<image1>" markers) -> problem with "<image>" in their place;
+    question -> problem, any "<image1>"-style markers replaced by "<image>" (their presence is not on the card);
     options (list, [] for free form) -> lettered options appended as "A. ..." lines (not when the options are
     just "A".."E", i.e. drawn in the image); answer: the letter when options exist (an option's text is mapped
     to its letter), else free form; decoded_image (parquet bytes) or image (path "images/1.jpg") -> images;
@@ -318,7 +326,10 @@ def adapt_mathvista(row, index, base_dir):
     elif unit:
         question = f"{question.rstrip()} (Unit: {unit})"
     precision = row.get("precision")
-    precision = None if precision is None or (isinstance(precision, float) and math.isnan(precision)) else int(float(precision))
+    if precision is not None and not (isinstance(precision, float) and math.isnan(precision)):
+        precision = int(float(precision))  # decimal places, stored as float64 in the parquet export
+    else:
+        precision = None
     metadata = row.get("metadata") or {}
     meta = {"question_type": qtype, "answer_type": row.get("answer_type"), "precision": precision, "unit": unit,
             **{k: metadata.get(k) for k in ("source", "task", "category", "context", "grade", "skills")}}
@@ -331,7 +342,7 @@ def adapt_dynamath(row, index, base_dir):
     """DynaMath_Sample row -> record.
 
     question -> problem (options stay as written; "A: ..", "(A) .." lines are parsed into `options` when
-    present); ground_truth -> answer; answer_type "multiple choice" -> kind "choice" (gold letter), "float" and
+    present: how DynaMath writes its choices into the question was not checked); ground_truth -> answer; answer_type "multiple choice" -> kind "choice" (gold letter), "float" and
     "free form" -> kind "free", floats get meta["tolerance"] = 1e-3 (DynaMath's check); decoded_image or image
     -> images; id -> meta["seed_id"], variant (set by `load_benchmark` from the file name when absent) ->
     meta["variant"], id "dynamath-<seed>-v<variant>"; subject, knowledge_level, answer_type -> meta.
@@ -456,7 +467,8 @@ def adapt_gpqa(row, index, base_dir):
     order = random.Random(_row_seed(question)).sample(range(4), 4)  # order[j] = which answer goes to letter j
     options = {LETTERS[j]: answers[k] for j, k in enumerate(order)}
     answer = LETTERS[order.index(0)]
-    meta = {"domain": row.get("High-level domain"), "subdomain": row.get("Subdomain"), "record_id": row.get("Record ID")}
+    meta = {"domain": row.get("High-level domain"), "subdomain": row.get("Subdomain"),
+            "record_id": row.get("Record ID")}
     return _record(_source_id(row, ("Record ID",), "gpqa", index), "gpqa", _add_options(question, options), [],
                    answer, "choice", options, meta)
 
@@ -508,7 +520,7 @@ def _read_parquet(path):
         import pyarrow.parquet as pq
     except ImportError as e:
         raise ImportError("reading parquet needs pyarrow: pip install pyarrow") from e
-    return [(f"row {i}", row) for i, row in enumerate(pq.read_table(path).to_pylist())]
+    return [(f"row {i}", row) for i, row in enumerate(pq.read_table(path).to_pylist(), start=1)]
 
 
 def _read_jsonl(text, fname):
@@ -529,9 +541,9 @@ def _read_rows(path):
     if ext == ".parquet":
         return _read_parquet(path)
     if ext == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            return [(f"row {i}", dict(row)) for i, row in enumerate(csv.DictReader(f))]
-    with open(path, encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: tolerate a byte-order mark
+            return [(f"row {i}", dict(row)) for i, row in enumerate(csv.DictReader(f), start=1)]
+    with open(path, encoding="utf-8-sig") as f:
         text = f.read()
     if ext == ".jsonl":
         return _read_jsonl(text, fname)
@@ -542,16 +554,16 @@ def _read_rows(path):
             return _read_jsonl(text, fname)
         raise ValueError(f"{fname}: invalid JSON ({e.msg} at line {e.lineno})") from e
     if isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
-        return [(f"row {i} ({key})", {"_key": key, **value}) for i, (key, value) in enumerate(data.items())]
+        return [(f"row {i} ({key})", {"_key": key, **value}) for i, (key, value) in enumerate(data.items(), start=1)]
     if not isinstance(data, list):
         raise ValueError(f"{fname}: expected a JSON list of rows or a dict of rows keyed by id")
-    return [(f"row {i}", row) for i, row in enumerate(data)]
+    return [(f"row {i}", row) for i, row in enumerate(data, start=1)]
 
 
 def load_benchmark(name, path, *, limit=None):
     """Read a benchmark's release file and map every row to an eval record (see the module docstring).
 
-    Bad input raises a one-line ValueError naming the file, the row (0-based) or line (1-based) and the field.
+    Bad input raises a one-line ValueError naming the file, the row or line (both counted from 1) and the field.
     """
     if name != "jsonl" and name not in ADAPTERS:
         raise ValueError(f"unknown benchmark {name!r}: expected one of {BENCHMARKS} or 'jsonl'")
@@ -576,7 +588,7 @@ def load_benchmark(name, path, *, limit=None):
             if record["id"] in seen:
                 raise ValueError(f"field 'id': duplicate id {record['id']!r} (first at {seen[record['id']]})")
             seen[record["id"]] = where
-        except ValueError as e:
+        except (ValueError, TypeError, AttributeError) as e:  # malformed values, e.g. a string where a list belongs
             message = " ".join(str(e).split())  # one line
             raise ValueError(f"{fname} {where}: {message}") from e
         records.append(record)
@@ -663,7 +675,8 @@ def grade_item(completion, record):
     meta, gold = record.get("meta") or {}, record["answer"]
     value, gold_value = _to_float(predicted), _to_float(gold)
     if value is not None and gold_value is not None:
-        if meta.get("precision") is not None and round(value, int(meta["precision"])) == round(gold_value, int(meta["precision"])):
+        digits = meta.get("precision")
+        if digits is not None and round(value, int(digits)) == round(gold_value, int(digits)):
             return predicted, True
         if meta.get("tolerance") is not None and abs(value - gold_value) <= meta["tolerance"]:
             return predicted, True

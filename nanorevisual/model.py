@@ -68,12 +68,8 @@ class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
 
 def load_processor(path, min_pixels=None, max_pixels=None):
     """Image processor (PIL backend) + tokenizer from an HF folder or hub id, as one image-only processor."""
-    size_kwargs = {}
-    if min_pixels is not None or max_pixels is not None:
-        ip0 = Qwen2VLImageProcessorPil.from_pretrained(path)
-        size_kwargs["size"] = {"shortest_edge": min_pixels or ip0.size["shortest_edge"],
-                               "longest_edge": max_pixels or ip0.size["longest_edge"]}
-    image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, **size_kwargs)
+    overrides = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
+    image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, **overrides)
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "left"  # rollouts and eval generate from left-padded prompts
     template = tokenizer.chat_template

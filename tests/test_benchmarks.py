@@ -13,8 +13,8 @@ import sys
 import pytest
 from PIL import Image
 
-from nanorevisual.benchmarks import (BENCHMARKS, PAPER_TABLE2, adapt_gpqa, adapt_mathvision, extract_choice, grade_item,
-                                     load_benchmark)
+from nanorevisual.benchmarks import (BENCHMARKS, PAPER_TABLE2, _choice_label, _parse_options, adapt_gpqa,
+                                     adapt_mathvision, extract_choice, grade_item, load_benchmark)
 
 
 def _png(path, size, color="red"):
@@ -117,7 +117,8 @@ def test_mathvista_annot_testmini_dict(tmp_path):
                            "grade": "college", "skills": ["scientific reasoning"]}},
         "5": {"question": "Find m\\angle H", "image": "images/5.jpg", "choices": ["97", "102", "107", "122"],
               "unit": None, "precision": None, "answer": "97", "question_type": "multi_choice",
-              "answer_type": "text", "pid": "5", "metadata": {"source": "Geometry3K", "task": "geometry problem solving"}},
+              "answer_type": "text", "pid": "5",
+              "metadata": {"source": "Geometry3K", "task": "geometry problem solving"}},
     }
     free, mc = load_benchmark("mathvista", _write_json(tmp_path / "annot_testmini.json", annot))
     assert free == {"id": "mathvista-1", "benchmark": "mathvista", "problem": "<image>\n" + question,
@@ -203,10 +204,12 @@ def test_wemath_testmini_row(tmp_path):
 def test_logicvista_dataset_json_with_multi_letter_answer(tmp_path):
     _png(tmp_path / "images" / "v1_1.png", (70, 20))
     _png(tmp_path / "images" / "v1_19.png", (10, 10))
-    data = {"v1_1": {"imagename": "v1_1.png", "question": "Which choices in the image (A-D) belong to the green category?",
+    data = {"v1_1": {"imagename": "v1_1.png",
+                     "question": "Which choices in the image (A-D) belong to the green category?",
                      "answer": "A, C", "reasoning": "...", "skill": ["inductive"], "capability": ["diagram"],
                      "imagesource": "aptitudetests", "sourcelink": "https://www.aptitudetests.org/"},
-            "v1_19": {"imagename": "v1_19.png", "question": "How many triangles? Select from A-D. \n A) 10 B) 12 C) 14 D) 16",
+            "v1_19": {"imagename": "v1_19.png",
+                      "question": "How many triangles? Select from A-D. \n A) 10 B) 12 C) 14 D) 16",
                       "answer": "C", "skill": ["inductive"], "capability": ["diagram"]}}
     multi, inline = load_benchmark("logicvista", _write_json(tmp_path / "dataset.json", data))
     assert multi["id"] == "logicvista-v1_1"
@@ -231,7 +234,8 @@ def test_aime25_opencompass_rows(tmp_path):
     rows = [{"question": "Find the sum of all integer bases $b>9$ for which $17_b$ is a divisor of $97_b$.",
              "answer": "70"}, {"question": "Another problem", "answer": "0"}]
     first, second = load_benchmark("aime25", _write_jsonl(tmp_path / "aime2025.jsonl", rows))
-    assert (first["id"], first["problem"], first["answer"], first["kind"]) == ("aime25-0", rows[0]["question"], "70", "free")
+    assert (first["id"], first["answer"], first["kind"]) == ("aime25-0", "70", "free")
+    assert first["problem"] == rows[0]["question"]
     assert (second["id"], second["answer"], second["images"]) == ("aime25-1", "0", [])
     assert first["meta"]["n_samples"] == 8
 
@@ -295,12 +299,14 @@ def test_project_jsonl_passes_through(tmp_path):
              "options": {"A": "red", "B": "blue"}}]
     free, mc = load_benchmark("jsonl", _write_jsonl(tmp_path / "eval.jsonl", rows))
     assert free == {"id": "toy-1", "benchmark": "jsonl", "problem": "<image>What is 2+3?",
-                    "images": [str(tmp_path / "img" / "a.png")], "answer": "5", "kind": "free", "options": {}, "meta": {}}
+                    "images": [str(tmp_path / "img" / "a.png")], "answer": "5", "kind": "free", "options": {},
+                    "meta": {}}
     assert _size(free["images"][0]) == (16, 8)
     assert (mc["kind"], mc["options"], mc["answer"], mc["images"]) == ("choice", {"A": "red", "B": "blue"}, "B", [])
     # a benchmark name with rows already in the project format: mapped straight through, tagged with the name
     (converted,) = load_benchmark("mathvista", _write_jsonl(tmp_path / "mv.jsonl", rows[:1]))
-    assert (converted["benchmark"], converted["problem"], converted["answer"]) == ("mathvista", "<image>What is 2+3?", "5")
+    assert (converted["benchmark"], converted["answer"]) == ("mathvista", "5")
+    assert converted["problem"] == "<image>What is 2+3?"
 
 
 # ----------------------------------------------------------------------------- errors
@@ -318,13 +324,15 @@ def test_bad_rows_give_one_line_errors_naming_file_row_and_field(tmp_path):
     good = {"pid": "1", "question": "q", "image": "images/1.jpg", "answer": "2", "question_type": "free_form"}
     _png(tmp_path / "images" / "1.jpg", (4, 4))
     path = _write_json(tmp_path / "mathvista.json", [good, {k: v for k, v in good.items() if k != "answer"}])
-    assert _error("mathvista", path) == "mathvista.json row 1: missing field 'answer'"
+    assert _error("mathvista", path) == "mathvista.json row 2: missing field 'answer'"
     path = _write_json(tmp_path / "mathvista.json", [{**good, "image": "images/nope.jpg"}])
-    assert _error("mathvista", path).startswith("mathvista.json row 0: field 'image': image file not found: images/nope.jpg")
+    message = _error("mathvista", path)
+    assert message.startswith("mathvista.json row 1: field 'image': image file not found: images/nope.jpg")
     path = _write_json(tmp_path / "mathvista.json", [{**good, "question_type": "multi_choice", "choices": ["1", "3"]}])
-    assert _error("mathvista", path) == "mathvista.json row 0: field 'answer': '2' is not one of 'choices'"
+    assert _error("mathvista", path) == "mathvista.json row 1: field 'answer': '2' is not one of 'choices'"
     path = _write_json(tmp_path / "mathvista.json", [good, good])
-    assert _error("mathvista", path).startswith("mathvista.json row 1: field 'id': duplicate id 'mathvista-1'")
+    assert _error("mathvista", path) == ("mathvista.json row 2: field 'id': duplicate id 'mathvista-1' "
+                                         "(first at row 1)")
     path = tmp_path / "aime.jsonl"
     path.write_text('{"problem": "p", "answer": "1"}\n{"problem": oops}\n')
     assert _error("aime24", str(path)).startswith("aime.jsonl line 2: invalid JSON")
@@ -335,6 +343,13 @@ def test_bad_rows_give_one_line_errors_naming_file_row_and_field(tmp_path):
     assert _error("jsonl", path) == "own.jsonl line 1: field 'images': 1 images for 2 <image> markers"
     with pytest.raises(ValueError, match="unknown benchmark 'mmmu'"):
         load_benchmark("mmmu", path)
+
+
+def test_malformed_values_are_reported_as_value_errors(tmp_path):
+    _png(tmp_path / "images" / "1.jpg", (4, 4))
+    row = {"id": "1", "question": "q", "options": 5, "image": "images/1.jpg", "answer": "A"}
+    message = _error("mathvision", _write_jsonl(tmp_path / "test.jsonl", [row]))
+    assert message.startswith("test.jsonl line 1: ") and "int" in message
 
 
 def test_missing_pyarrow_gives_install_hint(tmp_path, monkeypatch):
@@ -375,6 +390,18 @@ OPTIONS = {"A": "40°", "B": "60°", "C": "120°", "D": "140°"}
 ])
 def test_extract_choice(completion, options, expected):
     assert extract_choice(completion, options) == expected
+
+
+@pytest.mark.parametrize("text, expected", [("B", "B"), ("(B)", "B"), ("A, C", "AC"), ("A and C", "AC"), ("AC", "AC"),
+                                            ("3", "3"), ("40°", None), ("5 cm", None)])
+def test_choice_label_docstring_examples(text, expected):
+    assert _choice_label(text) == expected
+
+
+def test_parse_options_docstring_examples():
+    assert _parse_options("Find x.\nChoices:\nA:40°\n(B) 12\nC. x") == {"A": "40°", "B": "12", "C": "x"}
+    assert _parse_options("How many? A) 10 B) 12 C) 14") == {"A": "10", "B": "12", "C": "14"}
+    assert _parse_options("Point A lies on the circle.") == {}
 
 
 def _choice_record(answer, options):
