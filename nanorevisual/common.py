@@ -47,14 +47,18 @@ class MetricsLogger:
                 f.write(json.dumps(record) + "\n")
 
 
-def truncate_jsonl(path, max_step):
-    """On resume, drop logged records past the resumed step so metrics.jsonl has no duplicates."""
+def truncate_jsonl(path, resume_step):
+    """On resume, drop what was logged after the checkpoint so metrics.jsonl has no duplicates: training records
+    carry the number of finished steps (kept up to resume_step); eval records carry the step they ran before
+    (the eval at resume_step ran after the checkpoint, so it is dropped and redone)."""
     if not os.path.exists(path):
         return
     with open(path) as f:
-        keep = [line for line in f if json.loads(line).get("step", 0) <= max_step]
+        records = [json.loads(line) for line in f]
+    keep = [r for r in records if r.get("step", 0) < resume_step
+            or (r.get("step") == resume_step and not any(k.startswith("eval/") for k in r))]
     with open(path, "w") as f:
-        f.writelines(keep)
+        f.writelines(json.dumps(r) + "\n" for r in keep)
 
 
 class Timer:

@@ -241,8 +241,8 @@ def sft_messages(row, base_dir, where):
 def encode_prompts(processor, messages_list):
     """Left-padded generation prompts for a batch of chats (mixed image / text rows are fine)."""
     return processor.apply_chat_template([with_pil_images(m) for m in messages_list], add_generation_prompt=True,
-                                         tokenize=True, return_dict=True, return_tensors="pt", padding=True,
-                                         padding_side="left")
+                                         tokenize=True, return_dict=True, return_tensors="pt",
+                                         processor_kwargs={"padding": True, "padding_side": "left"})
 
 
 def encode_sft_row(processor, messages, max_length):

@@ -111,3 +111,27 @@ def full_state_dict(model):
 def grad_norm_value(norm):
     """clip_grad_norm_ returns a DTensor under FSDP2; the logged value must be the global norm."""
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+
+class gathered_params:
+    """Context manager: all-gather every FSDP unit once and keep it gathered (e.g. for a whole rollout phase).
+
+    With reshard_after_forward=True every decode step of `generate` would all-gather every layer again. Here each
+    unit is unsharded once, stays unsharded through all forwards, and is resharded on exit, so the full bf16 copy
+    lives only during the block. A no-op for a plain (unsharded) model.
+    """
+
+    def __init__(self, model):
+        self.modules = fsdp_modules(model) if dist.is_available() and dist.is_initialized() else []
+
+    def __enter__(self):
+        for m in self.modules:
+            m.set_reshard_after_forward(False)
+        for m in self.modules:
+            m.unshard()
+        return self
+
+    def __exit__(self, *exc):
+        for m in self.modules:
+            m.reshard()
+            m.set_reshard_after_forward(True)

@@ -11,6 +11,7 @@ Shape legend (shared by every file of the package):
     T   padded completion length
     V   vocabulary size
     k   sequences selected by PAD
+    C   rows (tokens) in one chunk of `token_logps`
 
 PAD in a distributed run: PAD runs over the GLOBAL rollout batch. Every rank gathers the (N,) advantages of
 all ranks, seeds its CPU `torch.Generator` identically (e.g. from (seed, step)), and calls `pad_select`; every
@@ -101,31 +102,40 @@ def token_logps(logits: torch.Tensor, targets: torch.Tensor, *, temperature: flo
     Memory: the B*T rows are processed `chunk_size` at a time, so the fp32 upcast and the logsumexp
     intermediates exist for one chunk only, never as a (B, T, V) fp32 tensor. With grad enabled each chunk is
     wrapped in activation checkpointing, so autograd keeps only the input logits and recomputes a chunk's fp32
-    copy during backward (logsumexp would otherwise save every chunk's fp32 input). Measured in
-    bench/bench_logps_memory.py.
+    copy during backward (logsumexp would otherwise save every chunk's fp32 input). Measured with
+    bench/bench_logps_memory.py (CPU, bf16 logits (1, 4096, 152064) = 1188 MB, chunk_size 1024), peak above
+    the inputs: forward 4752 MB naive vs 1188 MB here (two fp32 chunks); forward+backward 7128 MB vs 3564 MB.
+    What remains in backward is the (B, T, V) gradient itself plus one transient copy of it (autograd
+    assembles the chunks' gradients through slice backward); a custom autograd.Function writing each chunk's
+    gradient in place could remove that copy.
     """
     assert logits.shape[:-1] == targets.shape, f"logits {tuple(logits.shape)} vs targets {tuple(targets.shape)}"
     assert chunk_size > 0, "chunk_size must be positive"
-    vocab_size = logits.shape[-1]
-    flat_logits = logits.reshape(-1, vocab_size)  # (B*T, V)
-    flat_targets = targets.reshape(-1)  # (B*T,)
+    B, T, V = logits.shape
+    if B == 1 or logits.is_contiguous():
+        segments = [(logits.reshape(B * T, V), targets.reshape(B * T))]  # [(B*T, V) view, (B*T,)]
+    else:
+        # a sliced logits[:, -T-1:-1] with B > 1 cannot be viewed as (B*T, V) and reshape would copy all of it;
+        # walk the sequences instead (each logits[b] is a (T, V) view)
+        segments = [(logits[b], targets[b]) for b in range(B)]  # B x [(T, V), (T,)]
     suppress = None
     if suppress_ids is not None and len(suppress_ids) > 0:
         suppress = torch.as_tensor(suppress_ids, dtype=torch.long, device=logits.device)  # (num_suppressed,)
     use_checkpoint = torch.is_grad_enabled() and logits.requires_grad
     chunks = []
-    for start in range(0, flat_logits.shape[0], chunk_size):
-        chunk_logits = flat_logits[start:start + chunk_size]  # (C, V)
-        chunk_targets = flat_targets[start:start + chunk_size]  # (C,)
-        if use_checkpoint:
-            chunk = checkpoint(_chunk_logps, chunk_logits, chunk_targets, temperature, suppress,
-                               use_reentrant=False)  # (C,) fp32, recomputed in backward
-        else:
-            chunk = _chunk_logps(chunk_logits, chunk_targets, temperature, suppress)  # (C,) fp32
-        chunks.append(chunk)
+    for rows_logits, rows_targets in segments:
+        for start in range(0, rows_logits.shape[0], chunk_size):
+            chunk_logits = rows_logits[start:start + chunk_size]  # (C, V)
+            chunk_targets = rows_targets[start:start + chunk_size]  # (C,)
+            if use_checkpoint:
+                chunk = checkpoint(_chunk_logps, chunk_logits, chunk_targets, temperature, suppress,
+                                   use_reentrant=False)  # (C,) fp32, recomputed in backward
+            else:
+                chunk = _chunk_logps(chunk_logits, chunk_targets, temperature, suppress)  # (C,) fp32
+            chunks.append(chunk)
     if not chunks:  # B*T == 0
-        return flat_logits.new_zeros(targets.shape, dtype=torch.float32)  # (B, T) fp32
-    return torch.cat(chunks).view(targets.shape)  # (B, T) fp32
+        return torch.zeros(targets.shape, dtype=torch.float32, device=logits.device)  # (B, T) fp32
+    return torch.cat(chunks).view(B, T)  # (B, T) fp32
 
 
 # -----------------------------------------------------------------------------
@@ -275,7 +285,7 @@ def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.
     clipped_ratio = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)  # (B, T) DAPO clip-higher: ε_low < ε_high
     pg_loss = torch.maximum(-adv * ratio, -adv * clipped_ratio)  # (B, T) PPO Eq. (7), as a loss
     if dual_clip is not None:
-        assert dual_clip > 1.0 + clip_high, "dual_clip must exceed 1 + clip_high"
+        assert dual_clip > 1.0 + clip_high, "dual_clip must exceed 1 + clip_high (None disables it)"
         dual_cap = -adv * dual_clip  # (B, 1) positive where A < 0
         dual_active = (adv < 0) & (pg_loss > dual_cap)  # (B, T) Dual-clip PPO, arXiv 1912.09729 Eq. (4)
         pg_loss = torch.where(adv < 0, torch.minimum(pg_loss, dual_cap), pg_loss)  # (B, T)

@@ -361,3 +361,19 @@ def test_token_logps_keeps_no_fp32_copy_for_backward():
         token_logps(logits, targets, chunk_size=10)
     # only the bf16 logits (as chunk views) and the targets, not logsumexp's fp32 (C, V) inputs
     assert sum(saved_bytes) <= logits.numel() * logits.element_size() + targets.numel() * 8
+
+
+def test_token_logps_on_a_sliced_batch():
+    # the training script passes logits[:, -T-1:-1] of a (B, L, V) forward: non-contiguous for B > 1
+    g = torch.Generator().manual_seed(5)
+    full = torch.randn(3, 20, 40, generator=g, requires_grad=True)  # (B, L, V)
+    targets = torch.randint(0, 40, (3, 9), generator=g)  # (B, T)
+    sliced = full[:, -10:-1]  # (B, T, V) non-contiguous view
+    assert not sliced.is_contiguous()
+    got = token_logps(sliced, targets, temperature=1.3, chunk_size=4)  # (B, T)
+    got.sum().backward()
+    grad, full.grad = full.grad, None
+    want = naive_logps(full[:, -10:-1], targets, 1.3, None)  # (B, T)
+    want.sum().backward()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad, full.grad, rtol=1e-6, atol=1e-6)

@@ -1,0 +1,148 @@
+"""Rollouts with HF `generate`, and the log-prob forward that re-scores them exactly.
+
+`generate_rollouts` samples G completions per prompt in micro-batches (bounded KV-cache memory) and returns one
+plain dict per sequence; `collate_rollouts` re-batches any subset of them (PAD picks arbitrary, possibly repeated
+indices) into model inputs; `completion_logps` runs the forward and returns the completion tokens' log-probs.
+
+Shape legend: see nanorevisual/grpo.py (B sequences, P padded prompt length, T padded completion length, V vocab).
+
+Correctness points (shared/pitfalls.md):
+1. Vision special tokens are suppressed in `generate` and the same -inf mask is applied in the log-prob path
+   (§4); otherwise a sampled <|image_pad|> crashes the training forward.
+2. The completion mask runs through the first EOS inclusive (the model must learn to stop), built from the
+   generated positions, never from `pad_token_id` (style.md §5).
+3. The log-prob forward passes `mm_token_type_ids` (prompt types extended with zeros), so M-RoPE positions are
+   those `generate` used (§3).
+4. Log-probs are of softmax(logits / temperature), the distribution that was sampled (grpo.token_logps).
+"""
+
+import torch
+
+from nanorevisual.data import encode_prompts
+from nanorevisual.grpo import token_logps
+
+
+@torch.no_grad()
+def generate_rollouts(model, processor, messages_list, *, group_size, max_new_tokens, temperature=1.0, top_p=1.0,
+                      micro_batch_size=64, suppress_ids=None, seed=None, synced_gpus=None, with_scores=False):
+    """Sample `group_size` completions for each prompt. Returns a list of len(messages_list) * group_size dicts,
+    the G samples of prompt i at positions [i*G, (i+1)*G):
+
+        prompt_ids (Lp,) long, prompt_mm_types (Lp,) long, pixel_values (n_patches, D) | None,
+        image_grid_thw (n_images, 3) | None, completion_ids (Tc,) long (through the first EOS),
+        truncated bool (no EOS within max_new_tokens), text str (decoded, special tokens skipped),
+        prompt_index int, num_tokens int (= Tc)
+
+    micro_batch_size counts sequences per `generate` call (prompts per call = max(1, micro_batch_size // G)).
+    temperature 0 means greedy decoding. with_scores=True also stores `sample_logps` (Tc,): generate's own
+    log-probs of the sampled tokens (post-processor scores), used by the parity test of the log-prob path.
+    """
+    device = next(model.parameters()).device
+    tok = processor.tokenizer
+    eos_id = model.generation_config.eos_token_id
+    eos_id = eos_id[0] if isinstance(eos_id, list) else eos_id
+    prompts_per_call = max(1, micro_batch_size // group_size)
+    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else \
+        dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    out = []
+    for start in range(0, len(messages_list), prompts_per_call):
+        chunk = messages_list[start:start + prompts_per_call]
+        enc = encode_prompts(processor, chunk)
+        if seed is not None:
+            torch.manual_seed(seed * 100_003 + start)  # reproducible sampling per (seed, micro-batch)
+        gen_inputs = {k: v.to(device) for k, v in enc.items()}
+        seqs = model.generate(**gen_inputs, **sampling, num_return_sequences=group_size,
+                              max_new_tokens=max_new_tokens, suppress_tokens=suppress_ids,
+                              synced_gpus=synced_gpus, output_scores=with_scores,
+                              return_dict_in_generate=True)
+        P = enc["input_ids"].shape[1]
+        completions = seqs.sequences[:, P:].cpu()  # (p*G, T)
+        if with_scores:
+            scores = torch.stack(seqs.scores, 1).float().log_softmax(-1).cpu()  # (p*G, T, V)
+            sample_logps = scores.gather(2, completions[..., None]).squeeze(2)  # (p*G, T)
+        per_prompt_pixels = split_pixels(enc)
+        for j in range(completions.shape[0]):
+            p = j // group_size  # prompt within the chunk (num_return_sequences repeats each prompt G times)
+            row_mask = enc["attention_mask"][p].bool()  # (P,) left padding removed below
+            ids = completions[j]  # (T,)
+            eos_pos = (ids == eos_id).nonzero()
+            truncated = eos_pos.numel() == 0
+            length = ids.numel() if truncated else int(eos_pos[0]) + 1  # through the first EOS, inclusive
+            ids = ids[:length].clone()  # (Tc,)
+            pixels, grid = per_prompt_pixels[p]
+            out.append({"prompt_ids": enc["input_ids"][p][row_mask], "prompt_mm_types": enc["mm_token_type_ids"][p][row_mask],
+                        "pixel_values": pixels, "image_grid_thw": grid, "completion_ids": ids, "truncated": truncated,
+                        "text": tok.decode(ids, skip_special_tokens=True), "prompt_index": start + p,
+                        "num_tokens": length})
+            if with_scores:
+                out[-1]["sample_logps"] = sample_logps[j, :length]
+    return out
+
+
+def split_pixels(enc):
+    """Per prompt row: (pixel_values rows of its images, their image_grid_thw), or (None, None) for text rows.
+
+    pixel_values is flattened over all images of the batch (not batch-major); each image owns
+    grid_t * grid_h * grid_w rows, in prompt order (TRL slices the same way). A row's images are found by
+    walking the images in order until their tokens add up to the row's image tokens (mm_token_type_ids)."""
+    B = enc["input_ids"].shape[0]
+    if "pixel_values" not in enc:
+        return [(None, None)] * B
+    image_tokens = enc["mm_token_type_ids"].sum(1).tolist()  # (B,) image tokens per row
+    grids = enc["image_grid_thw"]  # (n_images, 3)
+    patch_rows = grids.prod(-1).tolist()  # (n_images,) pixel rows per image
+    merge_area = sum(patch_rows) // sum(image_tokens)  # spatial_merge_size ** 2 (4 for Qwen2.5-VL)
+    out, image_i, row_i = [], 0, 0
+    for b in range(B):
+        first, tokens, rows = image_i, 0, 0
+        while tokens < image_tokens[b]:
+            tokens += patch_rows[image_i] // merge_area
+            rows += patch_rows[image_i]
+            image_i += 1
+        out.append((enc["pixel_values"][row_i:row_i + rows], grids[first:image_i]) if rows else (None, None))
+        row_i += rows
+    return out
+
+
+def collate_rollouts(seqs, pad_token_id):
+    """Re-batch rollout dicts: [left-padded prompt | completion | right padding] per row.
+
+    Returns model inputs (input_ids, attention_mask, mm_token_type_ids, pixel_values, image_grid_thw) plus
+    completion_ids (B, T) and completion_mask (B, T); the completion occupies positions [P, P+T) of every row.
+    """
+    P = max(s["prompt_ids"].numel() for s in seqs)
+    T = max(max(s["completion_ids"].numel() for s in seqs), 1)
+    B = len(seqs)
+    input_ids = torch.full((B, P + T), pad_token_id, dtype=torch.long)  # (B, P+T)
+    attention_mask = torch.zeros((B, P + T), dtype=torch.long)  # (B, P+T)
+    mm_types = torch.zeros((B, P + T), dtype=torch.long)  # (B, P+T) 1 on image tokens, 0 on text and completion
+    completion_mask = torch.zeros((B, T), dtype=torch.bool)  # (B, T)
+    pixels, grids = [], []
+    for i, s in enumerate(seqs):
+        lp, lc = s["prompt_ids"].numel(), s["completion_ids"].numel()
+        input_ids[i, P - lp:P] = s["prompt_ids"]
+        mm_types[i, P - lp:P] = s["prompt_mm_types"]
+        input_ids[i, P:P + lc] = s["completion_ids"]
+        attention_mask[i, P - lp:P + lc] = 1
+        completion_mask[i, :lc] = True
+        if s["pixel_values"] is not None:
+            pixels.append(s["pixel_values"])
+            grids.append(s["image_grid_thw"])
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "mm_token_type_ids": mm_types,
+             "completion_ids": input_ids[:, P:], "completion_mask": completion_mask}
+    if pixels:
+        batch["pixel_values"] = torch.cat(pixels)  # (n_patches, D)
+        batch["image_grid_thw"] = torch.cat(grids)  # (n_images, 3)
+    return batch
+
+
+def completion_logps(model, batch, *, temperature=1.0, suppress_ids=None, chunk_size=4096):
+    """Log-probs (B, T) fp32 of batch["completion_ids"] under the model; only the last T+1 positions' logits are
+    computed (logits_to_keep), then log-softmax runs in chunks (grpo.token_logps)."""
+    device = next(model.parameters()).device
+    T = batch["completion_ids"].shape[1]
+    inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "mm_token_type_ids",
+                                                "pixel_values", "image_grid_thw") if k in batch}
+    logits = model(**inputs, use_cache=False, logits_to_keep=T + 1).logits[:, :-1]  # (B, T, V) predicts completion
+    return token_logps(logits, batch["completion_ids"].to(device), temperature=temperature if temperature > 0 else 1.0,
+                       suppress_ids=suppress_ids, chunk_size=chunk_size)  # (B, T) fp32

@@ -1,0 +1,93 @@
+"""Rollouts: log-prob parity with generate, EOS-inclusive masks, per-prompt pixel slicing, re-batching.
+
+    python -m pytest -q tests/test_rollout.py
+"""
+
+import pytest
+import torch
+from PIL import Image
+
+from nanorevisual.data import build_messages, encode_prompts
+from nanorevisual.model import vision_token_ids
+from nanorevisual.rollout import collate_rollouts, completion_logps, generate_rollouts, split_pixels
+
+
+@pytest.fixture(scope="module")
+def mixed_messages():
+    red = Image.new("RGB", (56, 56), (200, 30, 30))
+    wide = Image.new("RGB", (100, 60), (20, 30, 200))  # grid [1,4,8]: 8 image tokens
+    return [build_messages("<image>What colour is the shape?", [red]), build_messages("What is 3+4?", []),
+            build_messages("Left <image> right <image>?", [wide, red]), build_messages("What is 2+2?", [])]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_logps_match_generate_scores(tiny_stack, mixed_messages, temperature):
+    model, processor = tiny_stack
+    model.eval()
+    suppress = vision_token_ids(processor)
+    seqs = generate_rollouts(model, processor, mixed_messages, group_size=3, max_new_tokens=10,
+                             temperature=temperature, micro_batch_size=6, suppress_ids=suppress, seed=3,
+                             with_scores=True)
+    assert len(seqs) == 12 and [s["prompt_index"] for s in seqs] == [i // 3 for i in range(12)]
+    # re-batch in another order and composition than generate used: left padding differs, results must not
+    order = [11, 0, 7, 4, 6, 2, 9]
+    subset = [seqs[i] for i in order]
+    batch = collate_rollouts(subset, processor.tokenizer.pad_token_id)
+    with torch.no_grad():
+        logps = completion_logps(model, batch, temperature=temperature, suppress_ids=suppress)  # (B, T)
+    for i, s in enumerate(subset):
+        n = s["num_tokens"]
+        assert torch.allclose(logps[i, :n], s["sample_logps"], atol=1e-5, rtol=0), (i, logps[i, :n], s["sample_logps"])
+        assert batch["completion_mask"][i, :n].all() and not batch["completion_mask"][i, n:].any()
+    # never a vision special token in a completion (they would crash the training forward)
+    assert not any(torch.isin(s["completion_ids"], torch.tensor(suppress)).any() for s in seqs)
+
+
+def test_completion_mask_through_first_eos(tiny_stack, mixed_messages):
+    model, processor = tiny_stack
+    eos = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    # force EOS early by making it the overwhelmingly likely token for this call only
+    bias = torch.zeros(model.lm_head.weight.shape[0])
+    bias[eos] = 4.0
+    model.lm_head.bias = torch.nn.Parameter(bias)
+    try:
+        seqs = generate_rollouts(model, processor, mixed_messages, group_size=4, max_new_tokens=12,
+                                 temperature=1.0, micro_batch_size=16, suppress_ids=vision_token_ids(processor), seed=0)
+    finally:
+        model.lm_head.bias = None
+    ended = [s for s in seqs if not s["truncated"]]
+    assert ended  # the EOS bias made some sequences stop early
+    for s in seqs:
+        ids = s["completion_ids"]
+        if s["truncated"]:
+            assert ids.numel() == 12 and (ids != eos).all()
+        else:
+            assert ids[-1] == eos and (ids[:-1] != eos).all()  # EOS kept, nothing after it
+        assert s["num_tokens"] == ids.numel()
+    batch = collate_rollouts(seqs, processor.tokenizer.pad_token_id)
+    assert batch["completion_mask"].sum() == sum(s["num_tokens"] for s in seqs)
+    # padding after EOS is pad_token_id, and it is masked out even though pad_token_id could equal EOS elsewhere
+    for i, s in enumerate(seqs):
+        assert (batch["completion_ids"][i, s["num_tokens"]:] == processor.tokenizer.pad_token_id).all()
+
+
+def test_split_pixels_matches_single_prompt_processing(tiny_stack, mixed_messages):
+    _, processor = tiny_stack
+    enc = encode_prompts(processor, mixed_messages)
+    parts = split_pixels(enc)
+    for msgs, (pixels, grid) in zip(mixed_messages, parts):
+        alone = encode_prompts(processor, [msgs])
+        if "pixel_values" in alone:
+            assert torch.equal(pixels, alone["pixel_values"]) and torch.equal(grid, alone["image_grid_thw"])
+        else:
+            assert pixels is None and grid is None
+    assert parts[2][1].shape == (2, 3)
+
+
+def test_greedy_is_deterministic_and_batch_independent(tiny_stack, mixed_messages):
+    model, processor = tiny_stack
+    kw = dict(group_size=1, max_new_tokens=8, temperature=0.0, suppress_ids=vision_token_ids(processor))
+    together = generate_rollouts(model, processor, mixed_messages, micro_batch_size=4, **kw)
+    alone = [generate_rollouts(model, processor, [m], micro_batch_size=1, **kw)[0] for m in mixed_messages]
+    for a, b in zip(together, alone):
+        assert torch.equal(a["completion_ids"], b["completion_ids"])
