@@ -34,10 +34,10 @@ import time
 import torch
 
 from nanorevisual import checkpoint, data, dist
-from nanorevisual.common import MetricsLogger, Timer, default_dtype, set_seed, truncate_jsonl
+from nanorevisual.common import MetricsLogger, Timer, autocast, set_seed, truncate_jsonl
 from nanorevisual.dist import print0
 from nanorevisual.grpo import PAD_PRESETS, group_advantages, pad_select, pad_tau, policy_loss
-from nanorevisual.model import count_params, freeze_vision, load_model_and_processor, vision_token_ids
+from nanorevisual.model import count_params, vision_token_ids
 from nanorevisual.rewards import accuracy_reward, compute_rewards
 from nanorevisual.rollout import collate_rollouts, completion_logps, generate_rollouts
 
@@ -76,7 +76,6 @@ parser.add_argument("--entropy-min", type=float, default=0.0, help="entropy coef
 parser.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm")
 parser.add_argument("--grad-checkpointing", type=int, default=0, help="1: activation checkpointing")
 parser.add_argument("--freeze-vision", type=int, default=None, help="1: freeze the vision tower")
-parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16")
 # Rewards (paper §3)
 parser.add_argument("--w-accuracy", type=float, default=1.0, help="weight of the boxed-answer accuracy reward")
 parser.add_argument("--w-format", type=float, default=0.0, help="weight of the <think>..</think> \\boxed{} format reward")
@@ -161,7 +160,6 @@ user_config = dict(vars(args), pad_config={k: str(v) for k, v in pad_cfg.items()
 ddp, rank, local_rank, world_size, device = dist.compute_init()
 master_process = rank == 0
 set_seed(args.seed)
-dtype = default_dtype(device, args.dtype)
 print0(json.dumps(user_config, indent=1, default=str))
 assert args.prompts_per_step % world_size == 0, f"--prompts-per-step must divide by world size {world_size}"
 local_prompts = args.prompts_per_step // world_size
@@ -171,23 +169,14 @@ N_local, N_global = local_prompts * G, args.prompts_per_step * G
 # ----------------------------------------------------------------------------------------------------------------
 # Model, reference model, optimizer
 resume_dir = checkpoint.find_last_step(args.out_dir) if args.resume else None
-model, processor = load_model_and_processor(resume_dir or args.model, dtype=torch.float32, device=device,
-                                            grad_checkpointing=bool(args.grad_checkpointing))
-if args.freeze_vision:
-    freeze_vision(model)  # paper §5.1: TRL keeps the vision tower fixed
+model, processor = dist.load_policy(resume_dir or args.model, device, ddp,
+                                    grad_checkpointing=bool(args.grad_checkpointing),
+                                    freeze_vision_tower=bool(args.freeze_vision))  # paper §5.1: TRL freezes vision
 print0(f"policy {resume_dir or args.model}: {count_params(model):,} params, {count_params(model, True):,} trainable")
 ref_model = None
-if args.kl_coef > 0:  # mrl loads no reference model at all
-    ref_model, _ = load_model_and_processor(args.model, dtype=torch.float32, device=device, load_model=True)
+if args.kl_coef > 0:  # mrl loads no reference model at all; trl's reference is the stage's starting checkpoint
+    ref_model, _ = dist.load_policy(args.model, device, ddp)
     ref_model.requires_grad_(False).eval()
-if ddp:
-    model = dist.shard_model(model, device)
-    if ref_model is not None:
-        ref_model = dist.shard_model(ref_model, device)
-elif dtype != torch.float32:
-    model.to(dtype)
-    if ref_model is not None:
-        ref_model.to(dtype)
 params = [p for p in model.parameters() if p.requires_grad]
 optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), weight_decay=args.weight_decay)
 suppress_ids = vision_token_ids(processor)
@@ -219,7 +208,7 @@ def evaluate(rows):
     rows = rows[:args.eval_limit] if args.eval_limit else rows
     mine = rows[rank::world_size]
     model.eval()
-    with dist.gathered_params(model):
+    with dist.gathered_params(model), autocast(device, ddp):
         outs = generate_rollouts(model, processor, [r["messages"] for r in mine], group_size=args.eval_samples,
                                  max_new_tokens=args.max_new_tokens, temperature=args.eval_temperature,
                                  top_p=1.0, micro_batch_size=args.rollout_batch_size, suppress_ids=suppress_ids,
@@ -245,10 +234,9 @@ def sequence_batches(seqs, size):
 # Resume
 start_step, entropy_updates, pad_empty_steps = 0, 0, 0
 if resume_dir:
-    state = checkpoint.load_resume_state(resume_dir)
-    optimizer.load_state_dict(state["optimizer"])
-    checkpoint.set_rng_state(state["rng"])
-    start_step, entropy_updates, pad_empty_steps = state["step"], state["entropy_updates"], state["pad_empty_steps"]
+    extra = checkpoint.load_resume(resume_dir, model, optimizer, ddp)
+    checkpoint.set_rng_state(extra["rng"])
+    start_step, entropy_updates, pad_empty_steps = extra["step"], extra["entropy_updates"], extra["pad_empty_steps"]
     print0(f"resumed from {resume_dir} at step {start_step}")
     if master_process:
         truncate_jsonl(os.path.join(args.out_dir, "metrics.jsonl"), start_step)
@@ -256,14 +244,12 @@ metrics = MetricsLogger(args.out_dir, enabled=master_process)
 
 
 def save(name, step):
-    sd = dist.full_state_dict(model) if ddp else None
-    resume_state = {"optimizer": optimizer.state_dict(), "rng": checkpoint.rng_state(), "step": step,
-                    "entropy_updates": entropy_updates, "pad_empty_steps": pad_empty_steps}
-    if master_process:
-        checkpoint.save_checkpoint(os.path.join(args.out_dir, name), model, processor,
-                                   {"user_config": user_config, "step": step, "stage": args.stage},
-                                   resume_state=None if name == "final" else resume_state, state_dict=sd)
-    dist.barrier()
+    """Collective under FSDP. Step folders carry the resume state; final/ is the HF folder the next stage loads."""
+    extra = {"rng": checkpoint.rng_state(), "step": step, "entropy_updates": entropy_updates,
+             "pad_empty_steps": pad_empty_steps}
+    checkpoint.save_checkpoint(os.path.join(args.out_dir, name), model, processor,
+                               {"user_config": user_config, "step": step, "stage": args.stage},
+                               optimizer=None if name == "final" else optimizer, extra=extra, ddp=ddp)
 
 
 def entropy_coef_now():
@@ -286,11 +272,12 @@ for step in range(start_step, args.max_steps):
     # ---- 1. rollouts: G samples per prompt (paper §4, Algorithm 1 line 3)
     rows = step_prompts(step)
     model.eval()
-    with timer("generate"), dist.gathered_params(model):
+    with timer("generate"), dist.gathered_params(model), autocast(device, ddp):
+        # sampling seeds derive from (seed, step, global prompt index): the same rollouts at any world size
         seqs = generate_rollouts(model, processor, [r["messages"] for r in rows], group_size=G,
                                  max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                                  micro_batch_size=args.rollout_batch_size, suppress_ids=suppress_ids,
-                                 seed=args.seed * 1_000_003 + step * world_size + rank,
+                                 seed=args.seed * 1_000_003 + step, prompt_offset=rank * local_prompts,
                                  synced_gpus=False if ddp else None)  # gathered: no collectives while decoding
     model.train()
 
@@ -331,9 +318,13 @@ for step in range(start_step, args.max_steps):
     skip = selected.numel() == 0  # identical on every rank (PAD is global)
     if not skip:
         # old log-probs (needed once the policy moves within a step) and reference log-probs, no grad
-        with timer("logprobs"), torch.no_grad():
-            for mb in sequence_batches(train_seqs, args.micro_batch_size):
-                batch = collate_rollouts(mb, pad_token_id)
+        # (FSDP: every rank runs the same number of forwards, so ranks with fewer sequences run dummy ones)
+        with timer("logprobs"), torch.no_grad(), autocast(device, ddp):
+            lp_batches = sequence_batches(train_seqs, args.micro_batch_size)
+            num_lp = int(dist.all_reduce_max(len(lp_batches), device)) if multi_update or ref_model else 0
+            for j in range(num_lp):
+                mb = lp_batches[j] if j < len(lp_batches) else []
+                batch = collate_rollouts(mb or seqs[:1], pad_token_id)
                 if multi_update:
                     old = completion_logps(model, batch, temperature=args.temperature, suppress_ids=suppress_ids)
                 if ref_model is not None:
@@ -353,7 +344,9 @@ for step in range(start_step, args.max_steps):
                         mb = micro[j] if j < len(micro) else None
                         dummy = mb is None  # this rank ran out: a zero-weight forward keeps collectives in step
                         batch = collate_rollouts(mb or train_seqs[:1] or seqs[:1], pad_token_id)
-                        logps = completion_logps(model, batch, temperature=args.temperature, suppress_ids=suppress_ids)  # (B, T)
+                        with autocast(device, ddp):
+                            logps = completion_logps(model, batch, temperature=args.temperature,
+                                                     suppress_ids=suppress_ids)  # (B, T) fp32
                         mask = batch["completion_mask"].to(device)  # (B, T)
                         if dummy:
                             mask = torch.zeros_like(mask)

@@ -26,10 +26,10 @@ import time
 import torch
 
 from nanorevisual import checkpoint, data, dist
-from nanorevisual.common import MetricsLogger, default_dtype, lr_multiplier, set_seed, truncate_jsonl
+from nanorevisual.common import MetricsLogger, autocast, lr_multiplier, set_seed, truncate_jsonl
 from nanorevisual.dist import print0
 from nanorevisual.grpo import token_logps
-from nanorevisual.model import count_params, freeze_vision, load_model_and_processor
+from nanorevisual.model import count_params
 
 # ----------------------------------------------------------------------------------------------------------------
 # CLI
@@ -53,7 +53,6 @@ parser.add_argument("--max-length", type=int, default=None, help="max tokens per
 parser.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm")
 parser.add_argument("--grad-checkpointing", type=int, default=0, help="1: activation checkpointing")
 parser.add_argument("--freeze-vision", type=int, default=1, help="1: vision tower frozen (LLaMA-Factory default)")
-parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16")
 # Runtime / checkpointing
 parser.add_argument("--seed", type=int, default=0, help="seed for init, data order and dropout")
 parser.add_argument("--resume", type=int, default=0, help="1: continue from the last OUT_DIR/step_* folder")
@@ -82,7 +81,6 @@ user_config = vars(args).copy()
 ddp, rank, local_rank, world_size, device = dist.compute_init()
 master_process = rank == 0
 set_seed(args.seed)
-dtype = default_dtype(device, args.dtype)
 print0(json.dumps(user_config, indent=1))
 assert args.batch_size % world_size == 0, f"--batch-size {args.batch_size} must divide by world size {world_size}"
 rows_per_step = args.batch_size * args.grad_accum
@@ -92,15 +90,10 @@ local_batch = args.batch_size // world_size
 # Model, optimizer
 resume_dir = checkpoint.find_last_step(args.out_dir) if args.resume else None
 model_path = resume_dir or args.model
-model, processor = load_model_and_processor(model_path, dtype=torch.float32, device=device,
-                                            grad_checkpointing=bool(args.grad_checkpointing))
-if args.freeze_vision:
-    freeze_vision(model)
-print0(f"model {model_path}: {count_params(model):,} params, {count_params(model, True):,} trainable")
-if ddp:
-    model = dist.shard_model(model, device)
-elif dtype != torch.float32:
-    model.to(dtype)
+model, processor = dist.load_policy(model_path, device, ddp, grad_checkpointing=bool(args.grad_checkpointing),
+                                    freeze_vision_tower=bool(args.freeze_vision))
+print0(f"model {model_path}: {count_params(model):,} params, {count_params(model, True):,} trainable"
+       f"{' (FSDP shards)' if ddp else ''}")
 params = [p for p in model.parameters() if p.requires_grad]
 optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
 pad_token_id = processor.tokenizer.pad_token_id
@@ -142,7 +135,8 @@ def loss_sum(batch):
     """Sum of next-token cross-entropy over label tokens of one micro-batch, and that token count."""
     batch = {k: v.to(device) for k, v in batch.items()}
     labels = batch.pop("labels")[:, 1:]  # (B, L-1) next-token targets
-    logits = model(**batch, use_cache=False).logits[:, :-1]  # (B, L-1, V)
+    with autocast(device, ddp):
+        logits = model(**batch, use_cache=False).logits[:, :-1]  # (B, L-1, V)
     mask = labels != data.IGNORE_INDEX  # (B, L-1)
     logps = token_logps(logits, labels.clamp(min=0))  # (B, L-1) fp32, chunked over the vocabulary
     return -(logps * mask).sum(), mask.sum()
@@ -170,11 +164,10 @@ def eval_loss():
 # Resume
 start_step = 0
 if resume_dir:
-    state = checkpoint.load_resume_state(resume_dir)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    checkpoint.set_rng_state(state["rng"])
-    start_step = state["step"]
+    extra = checkpoint.load_resume(resume_dir, model, optimizer, ddp)
+    scheduler.load_state_dict(extra["scheduler"])
+    checkpoint.set_rng_state(extra["rng"])
+    start_step = extra["step"]
     print0(f"resumed from {resume_dir} at step {start_step}")
     if master_process:
         truncate_jsonl(os.path.join(args.out_dir, "metrics.jsonl"), start_step)
@@ -182,15 +175,11 @@ metrics = MetricsLogger(args.out_dir, enabled=master_process)
 
 
 def save(name, step):
-    sd = dist.full_state_dict(model) if ddp else None
-    resume_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": checkpoint.rng_state(), "step": step}
-    if master_process:
-        unwrapped = model
-        checkpoint.save_checkpoint(os.path.join(args.out_dir, name), unwrapped, processor,
-                                   {"user_config": user_config, "step": step, "stage": "sft"},
-                                   resume_state=None if name == "final" else resume_state, state_dict=sd)
-    dist.barrier()
+    """Collective under FSDP. Step folders carry the resume state; final/ is the HF folder the next stage loads."""
+    extra = {"scheduler": scheduler.state_dict(), "rng": checkpoint.rng_state(), "step": step}
+    checkpoint.save_checkpoint(os.path.join(args.out_dir, name), model, processor,
+                               {"user_config": user_config, "step": step, "stage": "sft"},
+                               optimizer=None if name == "final" else optimizer, extra=extra, ddp=ddp)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,16 +1,19 @@
 """Checkpoints: HF folders the next stage loads with from_pretrained, written atomically, plus resume state.
 
 Layout of OUT_DIR/step_000400/ (and OUT_DIR/final/):
-    config.json, generation_config.json, model.safetensors   save_pretrained of the policy
-    tokenizer files, processor_config.json, chat_template     save_pretrained of the processor
-    meta.json                                                 {"user_config", "step", "git_commit", ...}
-    resume/                                                   optimizer, scheduler, RNG, data position (optional)
+    config.json, generation_config.json, model*.safetensors   the policy, hub key names, fp32 (the master weights)
+    tokenizer files, processor_config.json, chat_template     the processor
+    meta.json                                                 {"user_config", "step", "stage", "git_commit"}
+    resume/                                                   optimizer, scheduler, RNG, counters (step folders)
 
-Every folder is written under OUT_DIR/.tmp-<name>-<pid>/ and renamed into place only when complete, so a crash
-never leaves a half-written "latest": `find_last_step` only sees finished folders.
+Every folder is first written as OUT_DIR/.tmp-<name>/ and renamed into place only when complete, so a crash never
+leaves a half-written "latest": `find_last_step` only sees finished folders.
+
+Under FSDP (pitfalls.md §5) `save_checkpoint` is collective: the full state dict is gathered to rank 0 on CPU and
+written through a meta-device skeleton's save_pretrained (never save_pretrained on the sharded model), while the
+resume state is saved sharded with torch.distributed.checkpoint, each rank writing its own optimizer shards.
 """
 
-import contextlib
 import json
 import os
 import random
@@ -20,29 +23,7 @@ import subprocess
 import numpy as np
 import torch
 
-
-@contextlib.contextmanager
-def atomic_dir(path):
-    """Yield a temp folder next to `path`; on success replace `path` with it, on error remove it."""
-    path = os.path.abspath(path)
-    parent, name = os.path.dirname(path), os.path.basename(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".tmp-{name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if os.path.exists(path):  # move the old one aside first: os.rename cannot replace a non-empty folder
-        old = os.path.join(parent, f".old-{name}-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(path, old)
-    os.rename(tmp, path)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
+from nanorevisual import dist
 
 
 def git_commit():
@@ -67,26 +48,71 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path, model, processor, meta, resume_state=None, state_dict=None):
-    """Write an HF folder + meta.json (+ resume/state.pt) atomically. Call on the master process only.
+def publish(tmp, path):
+    """Rename a finished temp folder into place; an existing folder of that name is replaced."""
+    old = None
+    if os.path.exists(path):  # os.rename cannot replace a non-empty folder: move the old one aside first
+        old = path + ".old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(path, old)
+    os.rename(tmp, path)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
 
-    `state_dict`: a full (gathered) state dict to write instead of model.state_dict(), used under FSDP where the
-    model's own parameters are shards (pitfalls.md §5: never save_pretrained a sharded model).
-    """
-    meta = dict(meta, git_commit=git_commit())
-    with atomic_dir(path) as tmp:
-        model.save_pretrained(tmp, state_dict=state_dict)
-        processor.save_pretrained(tmp)
+
+def temp_dir_for(path):
+    path = os.path.abspath(path)
+    return os.path.join(os.path.dirname(path), f".tmp-{os.path.basename(path)}")
+
+
+def save_hf_folder(tmp, model, processor, state_dict=None):
+    if state_dict is None:
+        model.save_pretrained(tmp)
+    else:  # FSDP: a weightless skeleton writes the gathered weights with hub key names
+        from transformers import AutoModelForImageTextToText
+        with torch.device("meta"):
+            skeleton = AutoModelForImageTextToText.from_config(model.config)
+        skeleton.generation_config = model.generation_config
+        skeleton.save_pretrained(tmp, state_dict=state_dict)
+    processor.save_pretrained(tmp)
+
+
+def save_checkpoint(path, model, processor, meta, *, optimizer=None, extra=None, ddp=False):
+    """Write an HF folder + meta.json (+ resume state when optimizer is given) atomically.
+
+    Every rank calls it (a no-op broadcast of work on a single process). `extra` holds the small resume state
+    (step, RNG, scheduler, counters)."""
+    master = not ddp or torch.distributed.get_rank() == 0
+    state_dict = dist.full_state_dict(model) if ddp else None  # collective
+    tmp = temp_dir_for(path)
+    if master:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    dist.barrier()
+    if optimizer is not None:
+        os.makedirs(os.path.join(tmp, "resume"), exist_ok=True)
+        if ddp:
+            dist.save_resume_state(os.path.join(tmp, "resume"), model, optimizer, extra)
+        else:
+            torch.save({"optimizer": optimizer.state_dict(), **extra}, os.path.join(tmp, "resume", "state.pt"))
+    if master:
+        save_hf_folder(tmp, model, processor, state_dict)
         with open(os.path.join(tmp, "meta.json"), "w") as f:
-            json.dump(meta, f, indent=2, default=str)
-        if resume_state is not None:
-            os.makedirs(os.path.join(tmp, "resume"))
-            torch.save(resume_state, os.path.join(tmp, "resume", "state.pt"))
+            json.dump(dict(meta, git_commit=git_commit()), f, indent=2, default=str)
+    dist.barrier()
+    if master:
+        publish(tmp, path)
+    dist.barrier()
     return path
 
 
-def load_resume_state(path):
-    return torch.load(os.path.join(path, "resume", "state.pt"), map_location="cpu", weights_only=False)
+def load_resume(path, model, optimizer, ddp=False):
+    """Restore optimizer (and, under FSDP, model shards) from path/resume; returns the `extra` dict."""
+    if ddp:
+        return dist.load_resume_state(os.path.join(path, "resume"), model, optimizer)
+    state = torch.load(os.path.join(path, "resume", "state.pt"), map_location="cpu", weights_only=False)
+    optimizer.load_state_dict(state.pop("optimizer"))
+    return state
 
 
 def find_last_step(out_dir):

@@ -1,5 +1,6 @@
 """Small shared helpers: seeding, dtype choice, learning-rate schedule, metrics JSONL, timers."""
 
+import contextlib
 import json
 import math
 import os
@@ -21,6 +22,13 @@ def default_dtype(device, requested="auto"):
     if requested != "auto":
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[requested]
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def autocast(device, ddp):
+    """bf16 autocast for a single CUDA process; under FSDP the MixedPrecisionPolicy casts, on CPU we stay fp32."""
+    if torch.device(device).type == "cuda" and not ddp:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def lr_multiplier(step, total_steps, warmup_steps, min_ratio, schedule="cosine"):

@@ -102,8 +102,17 @@ def fsdp_modules(model):
     return [m for m in model.modules() if isinstance(m, FSDPModule)]
 
 
+def reshard_all(model):
+    """Put every FSDP unit back in its sharded state. The root unit stays unsharded after a no-grad forward
+    (eval, rollouts), and while it is, model.parameters() yields the unsharded tensors, not the DTensors that
+    the optimizer holds."""
+    for m in fsdp_modules(model):
+        m.reshard()
+
+
 def full_state_dict(model):
     """A full CPU state dict on rank 0 ({} elsewhere); collective, so every rank must call it."""
+    reshard_all(model)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
@@ -135,3 +144,97 @@ class gathered_params:
         for m in self.modules:
             m.reshard()
             m.set_reshard_after_forward(True)
+
+
+def load_sharded_model(path, device, *, grad_checkpointing=False, freeze_vision_tower=False, mixed_precision=True):
+    """Build the model under FSDP without N full copies in CPU RAM: every rank builds it on the meta device and
+    shards it; rank 0 alone reads the weights from disk and broadcasts them (the FSDP2 example's pattern).
+
+    Non-persistent buffers (rotary inv_freq) are not in the state dict, so rank 0 broadcasts those too.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from nanorevisual.model import freeze_vision, resolve_model_path
+
+    path = resolve_model_path(path) if dist.get_rank() == 0 else path
+    barrier()  # rank 0 may have just built the tiny model folder
+    path = resolve_model_path(path)
+    config = AutoConfig.from_pretrained(path)
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    if grad_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if freeze_vision_tower:
+        freeze_vision(model)
+    shard_model(model, device, mixed_precision=mixed_precision)
+    model.to_empty(device=device)
+    full, buffers = {}, dict(model.named_buffers())
+    if dist.get_rank() == 0:
+        cpu_model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32)
+        full = cpu_model.state_dict()
+        for name, buf in cpu_model.named_buffers():
+            buffers[name].copy_(buf)
+        model.generation_config = cpu_model.generation_config
+        del cpu_model
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    for buf in buffers.values():
+        dist.broadcast(buf, src=0)
+    del full
+    return model
+
+
+def warmup_forward(model, processor, device):
+    """One tiny forward (+ backward when something is trainable) before training starts.
+
+    FSDP2 initialises lazily: unshard() before the first forward fails (pitfalls.md §5), and after a meta-device
+    build + to_empty the first backward re-registers the sharded parameters as new objects, so an optimizer
+    built before it would hold stale tensors (measured: parameter ids change once, in the first backward)."""
+    ids = processor.tokenizer("hi", return_tensors="pt")["input_ids"].to(device)
+    trainable = any(p.requires_grad for p in model.parameters())
+    with torch.set_grad_enabled(trainable):
+        logits = model(input_ids=ids, use_cache=False).logits
+    if trainable:
+        (logits.sum() * 0.0).backward()
+        for p in model.parameters():
+            p.grad = None
+
+
+def save_resume_state(path, model, optimizer, extra):
+    """Sharded resume state with torch.distributed.checkpoint: each rank writes its own shards of the model and
+    optimizer (no rank ever holds the full optimizer), rank 0 adds the small `extra` dict."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    reshard_all(model)
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=path)
+    torch.save(extra, os.path.join(path, f"extra_rank{dist.get_rank()}.pt"))  # RNG state differs per rank
+
+
+def load_resume_state(path, model, optimizer):
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    state = {"model": model_sd, "optim": optim_sd}
+    dcp.load(state, checkpoint_id=path)
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    return torch.load(os.path.join(path, f"extra_rank{dist.get_rank()}.pt"), weights_only=False)
+
+
+def load_policy(path, device, ddp, *, grad_checkpointing=False, freeze_vision_tower=False):
+    """(model, processor) for training or eval: sharded under torchrun (rank 0 reads, the others receive),
+    the plain HF model otherwise. fp32 master weights either way (bf16 compute comes from FSDP's mixed precision
+    or from autocast)."""
+    from nanorevisual.model import freeze_vision, load_model_and_processor
+    if not ddp:
+        model, processor = load_model_and_processor(path, device=device, grad_checkpointing=grad_checkpointing)
+        if freeze_vision_tower:
+            freeze_vision(model)
+        return model, processor
+    model = load_sharded_model(path, device, grad_checkpointing=grad_checkpointing,
+                               freeze_vision_tower=freeze_vision_tower)
+    _, processor = load_model_and_processor(path, load_model=False)
+    from nanorevisual.model import set_generation_ids
+    set_generation_ids(model, processor)
+    warmup_forward(model, processor, device)
+    return model, processor

@@ -24,7 +24,8 @@ from nanorevisual.grpo import token_logps
 
 @torch.no_grad()
 def generate_rollouts(model, processor, messages_list, *, group_size, max_new_tokens, temperature=1.0, top_p=1.0,
-                      micro_batch_size=64, suppress_ids=None, seed=None, synced_gpus=None, with_scores=False):
+                      micro_batch_size=64, suppress_ids=None, seed=None, prompt_offset=0, synced_gpus=None,
+                      with_scores=False):
     """Sample `group_size` completions for each prompt. Returns a list of len(messages_list) * group_size dicts,
     the G samples of prompt i at positions [i*G, (i+1)*G):
 
@@ -34,6 +35,8 @@ def generate_rollouts(model, processor, messages_list, *, group_size, max_new_to
         prompt_index int, num_tokens int (= Tc)
 
     micro_batch_size counts sequences per `generate` call (prompts per call = max(1, micro_batch_size // G)).
+    Each call is seeded from (seed, prompt_offset + index of its first prompt), so a rank that holds prompts
+    [offset, offset + n) of a global batch samples exactly what one process holding them all would.
     temperature 0 means greedy decoding. with_scores=True also stores `sample_logps` (Tc,): generate's own
     log-probs of the sampled tokens (post-processor scores), used by the parity test of the log-prob path.
     """
@@ -49,7 +52,7 @@ def generate_rollouts(model, processor, messages_list, *, group_size, max_new_to
         chunk = messages_list[start:start + prompts_per_call]
         enc = encode_prompts(processor, chunk)
         if seed is not None:
-            torch.manual_seed(seed * 100_003 + start)  # reproducible sampling per (seed, micro-batch)
+            torch.manual_seed(seed * 100_003 + prompt_offset + start)  # per (seed, first prompt of the call)
         gen_inputs = {k: v.to(device) for k, v in enc.items()}
         seqs = model.generate(**gen_inputs, **sampling, num_return_sequences=group_size,
                               max_new_tokens=max_new_tokens, suppress_tokens=suppress_ids,

@@ -78,11 +78,12 @@ def build_tiny_stack(seed=0, **config_kwargs):
 
 def build_tiny(out_dir, seed=0):
     """Write the tiny stack as an HF folder (atomically: temp folder, then rename)."""
-    from nanorevisual.checkpoint import atomic_dir
+    from nanorevisual.checkpoint import publish, save_hf_folder, temp_dir_for
     model, processor = build_tiny_stack(seed)
-    with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
+    tmp = temp_dir_for(out_dir)
+    os.makedirs(tmp, exist_ok=True)
+    save_hf_folder(tmp, model, processor)
+    publish(tmp, out_dir)
     return out_dir
 
 

@@ -1,0 +1,350 @@
+"""Evaluate a checkpoint on the ReVisual-R1 benchmarks (paper Table 2) or any file in the project's RL JSONL format.
+
+    python eval.py                                     # tiny model on the toy mm_val + text_val files, CPU, greedy
+    python eval.py --model runs/trl/final --data mathvista=data/mathvista/testmini.parquet \
+        data/math500/test.jsonl aime24=data/aime24.jsonl --samples 1 --temperature 0 --out-dir runs/eval-trl
+    torchrun --nproc_per_node=8 eval.py --model runs/trl/final --data ... --out-dir runs/eval-trl --compare paper
+
+Each --data entry is NAME=PATH or a bare PATH (NAME inferred from the path when one of its parts contains a name of
+nanorevisual.benchmarks.BENCHMARKS, else the file stem labels a project-format file). Every item gets --samples k
+completions; the prompt is the training prompt (data.build_messages); grading is benchmarks.grade_item.
+Outputs in --out-dir (accuracy and std in percent):
+    predictions.jsonl  a line per (benchmark, id, sample): completion, extracted, answer, correct, num_tokens, truncated
+    results.json       {benchmark: {accuracy, std, items, samples}, ..., "average": {accuracy, items, benchmarks}}
+    results.md         the table printed at the end, rows in paper Table 2 order, then the other labels
+    config.json        the resolved flags; a resume with another model or decoding setting is refused
+Resume: rerun the same command. Predictions are appended and flushed after every generate batch (torchrun: one
+predictions.rank{r}.jsonl per rank), finished (benchmark, id, sample) triples are skipped, and rank 0 merges every
+file into a deduplicated, sorted predictions.jsonl at the end. Multi-node resume needs --out-dir on a shared disk.
+Sampling seeds follow the batch layout, so a resumed sampled run draws other (equally valid) samples than an
+uninterrupted one; nothing already written is regenerated.
+
+Deviations from the paper's evaluation (paper.md §6):
+1. Greedy decoding, one sample, by default. The released eval samples once at temperature 0.3, top_p 0.95
+   (`--temperature 0.3 --top-p 0.95` reproduces it); with --samples k, accuracy is pass@1 averaged over k samples.
+2. AIME: Table 2 reports the mean over 8 samples. Records whose meta carries n_samples (AIME: 8) get that many
+   samples when sampling (temperature > 0, --meta-samples 1); under greedy decoding they get --samples, as the
+   8 samples would be identical.
+3. No LLM answer extractor: only the last \\boxed{} is graded (benchmarks.py deviations 1-2).
+4. DynaMath and WeMath are plain per-question accuracy, not Table 2's worst-case / strict scores (benchmarks.py 6).
+5. HF generate (no lmdeploy / vLLM server) and the training prompt (RL instruction appended) for every benchmark,
+   not the released eval's per-benchmark prompts (e.g. MathVision's "provide the correct option letter").
+6. std (not in the paper) is the population std over sample indices j of the accuracy of sample j.
+"""
+
+import argparse
+import glob
+import json
+import os
+import re
+import statistics
+
+import torch
+from tqdm import tqdm
+
+from nanorevisual import dist
+from nanorevisual.benchmarks import BENCHMARKS, PAPER_TABLE2, grade_item, load_benchmark
+from nanorevisual.common import default_dtype
+from nanorevisual.data import build_messages, encode_prompts
+from nanorevisual.dist import print0
+
+# ----------------------------------------------------------------------------------------------------------------
+# CLI (parsed in the script section below, so tests can import the pure functions)
+parser = argparse.ArgumentParser(description="Evaluate a checkpoint on ReVisual-R1 Table 2 benchmarks / JSONL files")
+# Model
+parser.add_argument("--model", default="tiny", help="HF folder or hub id; 'tiny': the random tiny model")
+parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16")
+parser.add_argument("--min-pixels", type=int, default=None, help="min image pixels (real models: 262144)")
+parser.add_argument("--max-pixels", type=int, default=None, help="max image pixels (real models: 1048576)")
+# Data
+parser.add_argument("--data", nargs="+", default=None, help="NAME=PATH or PATH entries (default: toy mm_val + text_val)")
+parser.add_argument("--limit", type=int, default=0, help="only the first N items of each benchmark (0: all)")
+# Generation
+parser.add_argument("--samples", type=int, default=1, help="k: samples per item; accuracy is pass@1 averaged over k")
+parser.add_argument("--meta-samples", type=int, default=1, help="1: meta n_samples (AIME: 8) raises k if temperature > 0")
+parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy")
+parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
+parser.add_argument("--max-new-tokens", type=int, default=None, help="length cap (default: 32 tiny, 8192 real)")
+parser.add_argument("--batch-size", type=int, default=64, help="sequences per generate call")
+parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+# Output
+parser.add_argument("--out-dir", default="runs/eval", help="predictions.jsonl, results.json, results.md, config.json")
+parser.add_argument("--compare", default=None, help="'paper' or a results.json: print the differences")
+
+# flags that change what a prediction means: a resume must not mix them
+GENERATION_KEYS = ("model", "temperature", "top_p", "max_new_tokens", "min_pixels", "max_pixels")
+
+# ----------------------------------------------------------------------------------------------------------------
+# pure helpers
+
+
+def is_toy_model(path):
+    """The tiny model and its descendants (text hidden size <= 512) get toy defaults (same rule as train_grpo.py)."""
+    if path == "tiny":
+        return True
+    try:
+        with open(os.path.join(path, "config.json")) as f:
+            cfg = json.load(f)
+    except OSError:
+        return False  # a hub id: a real model
+    return cfg.get("text_config", cfg).get("hidden_size", 4096) <= 512
+
+
+def parse_data_spec(spec):
+    """'NAME=PATH' or 'PATH' -> (label, loader name, path); the loader name is a benchmark or 'jsonl'."""
+    label, path = spec.split("=", 1) if "=" in spec and not os.path.exists(spec) else (None, spec)
+    if label is None:  # innermost path part naming a benchmark ("MathVista/testmini.parquet"), else the file stem
+        parts = [re.sub(r"[^a-z0-9]", "", p.lower()) for p in reversed(os.path.normpath(path).split(os.sep))]
+        parts = [re.sub(r"aime20(2\d)", r"aime\1", p) for p in parts]  # HF folders aime_2024 / AIME2025
+        hits = [b for part in parts for b in BENCHMARKS if b in part]
+        label = hits[0] if hits else os.path.splitext(os.path.basename(path))[0]
+    if label.lower() in BENCHMARKS:
+        label = label.lower()
+    return label, label if label in BENCHMARKS else "jsonl", path
+
+
+def ordered_labels(labels, extra=()):
+    """Paper Table 2 column order first, then the other labels in the order given."""
+    labels = list(dict.fromkeys([*labels, *extra]))
+    return [b for b in BENCHMARKS if b in labels] + [b for b in labels if b not in BENCHMARKS]
+
+
+def natural_key(text):
+    return [int(t) if i % 2 else t for i, t in enumerate(re.split(r"(\d+)", str(text)))]
+
+
+def summarize(predictions, labels=()):
+    """Prediction dicts (benchmark, id, sample, correct) -> results dict, accuracy and std in percent.
+
+    accuracy = mean over items of the item's mean over its samples; std = population std over sample indices j of
+    the accuracy of sample j (over the items that have a sample j), 0 for one sample; "average" is the unweighted
+    mean over benchmarks (paper Table 2 "Avg").
+    """
+    by_bench = {}
+    for p in predictions:
+        by_bench.setdefault(p["benchmark"], {}).setdefault(p["id"], {})[p["sample"]] = float(p["correct"])
+    results = {}
+    for b in ordered_labels(labels, by_bench):
+        if b not in by_bench:
+            continue
+        items = by_bench[b].values()
+        sample_ids = sorted({j for s in items for j in s})
+        per_sample = [statistics.mean(s[j] for s in items if j in s) for j in sample_ids]  # (k,)
+        results[b] = {"accuracy": 100 * statistics.mean(statistics.mean(s.values()) for s in items),
+                      "std": 100 * statistics.pstdev(per_sample), "items": len(items),
+                      "samples": max(len(s) for s in items)}
+    accs = [r["accuracy"] for r in results.values()]
+    results["average"] = {"accuracy": statistics.mean(accs) if accs else 0.0,
+                          "items": sum(r["items"] for r in results.values()), "benchmarks": len(accs)}
+    return results
+
+
+def markdown_table(results):
+    lines = ["| benchmark | accuracy % | ± std | items | samples |", "|---|---:|---:|---:|---:|"]
+    for b, r in results.items():
+        if b != "average":
+            lines.append(f"| {b} | {r['accuracy']:.1f} | ±{r['std']:.1f} | {r['items']} | {r['samples']} |")
+    avg = results["average"]
+    lines.append(f"| **average** | {avg['accuracy']:.1f} | | {avg['items']} | |")
+    return "\n".join(lines)
+
+
+def compare_table(results, references):
+    """Per-benchmark difference (points) of `results` vs each reference {name: {benchmark: accuracy %}}; the last row
+    compares the means over the benchmarks that ours and every reference have."""
+    names = list(references)
+    lines = ["| benchmark | ours | " + " | ".join(f"{n} | Δ" for n in names) + " |",
+             "|---|---:|" + "---:|---:|" * len(names)]
+    ours = {b: r["accuracy"] for b, r in results.items() if b != "average"}
+    for b, acc in ours.items():
+        cells = [f"{references[n][b]:.1f} | {acc - references[n][b]:+.1f}" if b in references[n] else "- | -"
+                 for n in names]
+        lines.append(f"| {b} | {acc:.1f} | " + " | ".join(cells) + " |")
+    shared = [b for b in ours if all(b in references[n] for n in names)]
+    if shared:
+        mine = statistics.mean(ours[b] for b in shared)
+        theirs = [statistics.mean(references[n][b] for b in shared) for n in names]
+        lines.append(f"| **mean over {len(shared)} shared** | {mine:.1f} | "
+                     + " | ".join(f"{t:.1f} | {mine - t:+.1f}" for t in theirs) + " |")
+    return "\n".join(lines)
+
+
+def load_references(compare):
+    if compare == "paper":
+        return {name: {b: v for b, v in row.items() if b in BENCHMARKS} for name, row in PAPER_TABLE2.items()
+                if name in ("ReVisual-R1-7B", "Qwen2.5-VL-7B")}
+    with open(compare) as f:
+        other = json.load(f)
+    return {compare: {b: r["accuracy"] for b, r in other.items() if b != "average" and isinstance(r, dict)}}
+
+
+def prediction_key(p):
+    return (p["benchmark"], str(p["id"]), int(p["sample"]))
+
+
+def read_predictions(paths):
+    """{(benchmark, id, sample): prediction} from every file; a line cut off by a crash is skipped, the first copy
+    of a key wins."""
+    done, bad = {}, 0
+    for path in paths:
+        with open(path) as f:
+            for line in f:
+                try:
+                    p = json.loads(line)
+                    done.setdefault(prediction_key(p), p)
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                    bad += line.strip() != ""
+    if bad:
+        print0(f"skipped {bad} unreadable prediction lines (cut off by a crash)")
+    return done
+
+
+def prediction_files(out_dir):
+    main = os.path.join(out_dir, "predictions.jsonl")
+    ranks = sorted(glob.glob(os.path.join(out_dir, "predictions.rank*.jsonl")))
+    return ([main] if os.path.exists(main) else []) + ranks
+
+
+def open_append(path):
+    """Append mode, starting on a fresh line if a crash left the last line unfinished."""
+    with open(path, "ab+") as f:
+        end = f.seek(0, os.SEEK_END)
+        f.seek(max(end - 1, 0))
+        if end and f.read(1) != b"\n":
+            f.write(b"\n")
+    return open(path, "a")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+if __name__ == "__main__":
+    args = parser.parse_args()
+    tiny = is_toy_model(args.model)
+    if args.max_new_tokens is None:
+        args.max_new_tokens = 32 if tiny else 8192
+    if not tiny:  # released eval: image pixels in [262144, 1048576] (paper.md §6)
+        args.min_pixels = args.min_pixels or 262144
+        args.max_pixels = args.max_pixels or 1048576
+    if not args.data:
+        from nanorevisual.toy import ensure_toy_data
+        toy_dir = ensure_toy_data()
+        args.data = [os.path.join(toy_dir, "mm_val.jsonl"), os.path.join(toy_dir, "text_val.jsonl")]
+    specs = [parse_data_spec(s) for s in args.data]
+    labels = [label for label, _, _ in specs]
+    if len(set(labels)) != len(labels):
+        raise SystemExit(f"two --data entries share a label: {labels}; name them with LABEL=PATH")
+    user_config = vars(args).copy()
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Compute init, resume guard
+    ddp, rank, local_rank, world_size, device = dist.compute_init()
+    master_process = rank == 0
+    print0(json.dumps(user_config, indent=1))
+    os.makedirs(args.out_dir, exist_ok=True)
+    config_path = os.path.join(args.out_dir, "config.json")
+    if prediction_files(args.out_dir) and os.path.exists(config_path):
+        with open(config_path) as f:
+            old = json.load(f)
+        changed = {k: (old.get(k), user_config[k]) for k in GENERATION_KEYS if old.get(k) != user_config[k]}
+        if changed:
+            raise SystemExit(f"{args.out_dir} holds predictions made with other settings {changed} (old, new): "
+                             "pass a new --out-dir or delete it")
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Data: records, the (item, sample) units, and which are already done
+    records = []
+    for label, name, path in specs:
+        recs = load_benchmark(name, path, limit=args.limit or None)
+        for r in recs:
+            r["benchmark"] = label  # the --data label names the results row
+        records += recs
+        print0(f"{label}: {len(recs)} items from {path} ({name} loader)")
+
+    def num_samples(r):
+        n = (r.get("meta") or {}).get("n_samples") if args.meta_samples and args.temperature > 0 else None
+        return max(args.samples, int(n or 1))
+
+    wanted = [(r, j) for r in records for j in range(num_samples(r))]  # every (item, sample), in file order
+    unit_index = {(r["benchmark"], r["id"], j): i for i, (r, j) in enumerate(wanted)}
+    done = read_predictions(prediction_files(args.out_dir))
+    dist.barrier()  # every rank has read the files before anyone appends to them
+    if master_process:
+        with open(config_path, "w") as f:
+            json.dump(user_config, f, indent=1)
+    pending_keys = [k for k in unit_index if k not in done]
+    mine = {(r["benchmark"], r["id"]) for r in records[rank::world_size]}  # this rank's items
+    pending = [(r, j) for r, j in wanted
+               if (r["benchmark"], r["id"], j) not in done and (r["benchmark"], r["id"]) in mine]
+    print0(f"resume: {len(unit_index) - len(pending_keys)} of {len(unit_index)} (item, sample) pairs already in "
+           f"{args.out_dir}; generating {len(pending_keys)} on {world_size} rank(s)")
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Model (only if there is anything to generate) and generation
+    new = []
+    if pending_keys:
+        from nanorevisual.model import load_model_and_processor, vision_token_ids
+        from nanorevisual.rollout import generate_rollouts
+        dtype = torch.float32 if ddp else default_dtype(device, args.dtype)  # FSDP2 casts to bf16 itself on CUDA
+        model, processor = load_model_and_processor(args.model, dtype=dtype, device=device,
+                                                    min_pixels=args.min_pixels, max_pixels=args.max_pixels)
+        model.eval()
+        if ddp:
+            model = dist.shard_model(model, device)
+            with torch.no_grad():  # FSDP2 lazy init needs one ordinary forward before gathered_params
+                warm = encode_prompts(processor, [build_messages("warm-up", [])])
+                model(**{k: v.to(device) for k, v in warm.items()})
+        suppress_ids = vision_token_ids(processor)
+        out_path = os.path.join(args.out_dir, f"predictions.rank{rank}.jsonl" if ddp else "predictions.jsonl")
+        pbar = tqdm(total=len(pending), desc="eval", unit="seq", disable=not master_process)
+        with open_append(out_path) as f, dist.gathered_params(model):
+            for start in range(0, len(pending), args.batch_size):
+                batch = pending[start:start + args.batch_size]
+                messages = [build_messages(r["problem"], r["images"], where=f"{r['benchmark']} {r['id']}")
+                            for r, _ in batch]
+                first = unit_index[(batch[0][0]["benchmark"], batch[0][0]["id"], batch[0][1])]
+                outs = generate_rollouts(model, processor, messages, group_size=1, max_new_tokens=args.max_new_tokens,
+                                         temperature=args.temperature, top_p=args.top_p,
+                                         micro_batch_size=args.batch_size, suppress_ids=suppress_ids,
+                                         seed=args.seed * 1_000_003 + first, synced_gpus=False if ddp else None)
+                for (r, j), o in zip(batch, outs):
+                    extracted, correct = grade_item(o["text"], r)
+                    new.append({"benchmark": r["benchmark"], "id": r["id"], "sample": j, "completion": o["text"],
+                                "extracted": extracted, "answer": r["answer"], "correct": bool(correct),
+                                "num_tokens": o["num_tokens"], "truncated": o["truncated"]})
+                    f.write(json.dumps(new[-1]) + "\n")
+                f.flush()  # a crash after this line loses nothing of this batch
+                pbar.update(len(batch))
+        pbar.close()
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Gather, merge, summarize (rank 0)
+    gathered = dist.all_gather_objects(new)
+    if master_process:
+        merged = dict(done)
+        for p in (p for rank_new in gathered for p in rank_new):
+            merged.setdefault(prediction_key(p), p)
+        missing = [k for k in unit_index if k not in merged]
+        assert not missing, f"{len(missing)} (benchmark, id, sample) without a prediction, e.g. {missing[:3]}"
+        order = {b: i for i, b in enumerate(ordered_labels(labels, sorted({k[0] for k in merged})))}
+        keys = sorted(merged, key=lambda k: (order[k[0]], natural_key(k[1]), k[2]))
+        final_path = os.path.join(args.out_dir, "predictions.jsonl")
+        with open(final_path + ".tmp", "w") as f:
+            f.writelines(json.dumps(merged[k]) + "\n" for k in keys)
+        os.replace(final_path + ".tmp", final_path)  # atomic: a crash here leaves the old files, still resumable
+        for path in glob.glob(os.path.join(args.out_dir, "predictions.rank*.jsonl")):
+            os.remove(path)
+        results = summarize([merged[k] for k in unit_index], labels)
+        with open(os.path.join(args.out_dir, "results.json"), "w") as f:
+            json.dump(results, f, indent=1)
+        table = markdown_table(results)
+        header = (f"model `{args.model}` | temperature {args.temperature} | top_p {args.top_p} | "
+                  f"max_new_tokens {args.max_new_tokens} | samples {args.samples}")
+        with open(os.path.join(args.out_dir, "results.md"), "w") as f:
+            f.write(header + "\n\n" + table + "\n")
+        truncated = sum(merged[k]["truncated"] for k in unit_index)
+        print(f"\n{header}\n\n{table}\n\n{truncated} of {len(unit_index)} completions hit max_new_tokens; "
+              f"wrote {args.out_dir}/predictions.jsonl, results.json, results.md", flush=True)
+        if args.compare:
+            print(f"\ndifference vs {args.compare} (accuracy points):\n\n"
+                  + compare_table(results, load_references(args.compare)), flush=True)
+    dist.barrier()
+    dist.compute_cleanup()

@@ -1,0 +1,180 @@
+"""eval.py: pass@1-over-k arithmetic, --data parsing, an end-to-end tiny run, crash + resume, --compare, resume guard.
+
+    python -m pytest -q tests/test_eval.py      # ~30 s: four short runs of the real script on the tiny model
+"""
+
+import importlib.util
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_spec = importlib.util.spec_from_file_location("eval_script", os.path.join(ROOT, "eval.py"))
+ev = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ev)  # the script body is under __main__: this only defines the pure functions
+
+
+def run_eval(*args, check=True):
+    # one thread: the tiny model's matmuls gain nothing from more, and the CI cores are shared
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "eval.py"), *args], capture_output=True, text=True,
+                         timeout=300, env=env, cwd=ROOT)
+    if check:
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-4000:]
+    return out
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def keys(preds):
+    return [(p["id"], p["sample"]) for p in preds]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# pure functions
+
+
+def test_summarize_k3_accuracy_and_std():
+    pattern = {"a": [1, 1, 0], "b": [0, 1, 0]}  # item means 2/3 and 1/3; per-sample accuracies 0.5, 1.0, 0.0
+    preds = [{"benchmark": "toy", "id": i, "sample": j, "correct": bool(c)}
+             for i, cs in pattern.items() for j, c in enumerate(cs)]
+    preds += [{"benchmark": "mathvista", "id": "m1", "sample": 0, "correct": True}]
+    results = ev.summarize(preds, labels=["toy", "mathvista"])
+    assert list(results) == ["mathvista", "toy", "average"]  # paper Table 2 columns first
+    toy = results["toy"]
+    assert toy["accuracy"] == pytest.approx(50.0)
+    assert toy["std"] == pytest.approx(100 * math.sqrt(((0.5 - 0.5) ** 2 + 0.5 ** 2 + 0.5 ** 2) / 3))  # 40.82
+    assert (toy["items"], toy["samples"]) == (2, 3)
+    assert results["mathvista"] == {"accuracy": 100.0, "std": 0.0, "items": 1, "samples": 1}
+    assert results["average"] == {"accuracy": pytest.approx(75.0), "items": 3, "benchmarks": 2}
+    table = ev.markdown_table(results)
+    assert "| toy | 50.0 | ±40.8 | 2 | 3 |" in table and "| **average** | 75.0 |" in table
+    diff = ev.compare_table(results, {"other": {"toy": 40.0}})
+    assert "| toy | 50.0 | 40.0 | +10.0 |" in diff and "| mathvista | 100.0 | - | - |" in diff
+
+
+def test_parse_data_spec():
+    assert ev.parse_data_spec("MathVista=/d/x.parquet") == ("mathvista", "mathvista", "/d/x.parquet")
+    assert ev.parse_data_spec("data/MathVision/test.jsonl") == ("mathvision", "mathvision", "data/MathVision/test.jsonl")
+    assert ev.parse_data_spec("bench/MATH-500/test.jsonl")[:2] == ("math500", "math500")
+    assert ev.parse_data_spec("hf/aime_2024/train.jsonl")[:2] == ("aime24", "aime24")
+    assert ev.parse_data_spec("data/toy/mm_val.jsonl") == ("mm_val", "jsonl", "data/toy/mm_val.jsonl")
+    assert ev.parse_data_spec("geo=data/toy/mm_val.jsonl") == ("geo", "jsonl", "data/toy/mm_val.jsonl")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the real script on the tiny model
+
+
+@pytest.fixture(scope="module")
+def mixed_file(tmp_path_factory):
+    """10 project-format rows: 4 image questions, 5 arithmetic, 1 multiple choice."""
+    folder = tmp_path_factory.mktemp("mixed")
+    os.makedirs(folder / "images")
+    rows = []
+    for i, (name, rgb) in enumerate([("red", (220, 40, 40)), ("blue", (40, 70, 220))] * 2):
+        Image.new("RGB", (56, 56 + 28 * i), rgb).save(folder / "images" / f"{i}.png")
+        rows.append({"id": f"img-{i}", "problem": "<image>What colour is the shape?", "answer": name,
+                     "images": [f"images/{i}.png"]})
+    rows += [{"id": f"sum-{a}", "problem": f"What is {a}+{a}?", "answer": str(2 * a)} for a in range(5)]
+    rows.append({"id": "mc-0", "problem": "Which is larger?\nA. 3\nB. 5", "answer": "B", "options": {"A": "3", "B": "5"}})
+    path = folder / "mixed10.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+SAMPLED = ["--samples", "2", "--temperature", "1.0", "--batch-size", "6", "--max-new-tokens", "8"]
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, tiny_dir, mixed_file):
+    out_dir = str(tmp_path_factory.mktemp("eval") / "run")
+    out = run_eval("--model", tiny_dir, "--data", mixed_file, "--out-dir", out_dir, *SAMPLED)
+    return out_dir, out.stdout
+
+
+def test_end_to_end_outputs(first_run):
+    out_dir, stdout = first_run
+    assert "generating 20 on 1 rank(s)" in stdout
+    assert sorted(os.listdir(out_dir)) == ["config.json", "predictions.jsonl", "results.json", "results.md"]
+    results = json.load(open(os.path.join(out_dir, "results.json")))
+    assert results["mixed10"]["items"] == 10 and results["mixed10"]["samples"] == 2
+    assert results["average"]["items"] == 10 and 0 <= results["mixed10"]["accuracy"] <= 100
+    table = open(os.path.join(out_dir, "results.md")).read()
+    assert "| mixed10 |" in table and "| **average** |" in table and "| mixed10 |" in stdout
+    preds = read_jsonl(os.path.join(out_dir, "predictions.jsonl"))
+    assert len(preds) == 20 and len(set(keys(preds))) == 20
+    assert {"benchmark", "id", "sample", "completion", "extracted", "answer", "correct", "num_tokens",
+            "truncated"} <= set(preds[0])
+    assert keys(preds)[:4] == [("img-0", 0), ("img-0", 1), ("img-1", 0), ("img-1", 1)]  # sorted: id, then sample
+    assert all(0 < p["num_tokens"] <= 8 for p in preds)
+    gold = {p["id"]: p["answer"] for p in preds}
+    assert gold["mc-0"] == "B" and gold["sum-3"] == "6" and gold["img-1"] == "blue"
+
+
+def test_resume_generates_only_missing(first_run, tiny_dir, mixed_file, tmp_path):
+    out_dir, _ = first_run
+    resumed = str(tmp_path / "resumed")
+    shutil.copytree(out_dir, resumed)
+    path = os.path.join(resumed, "predictions.jsonl")
+    lines = open(path).read().splitlines(keepends=True)
+    dropped = [1, 4, 7, 12, 19]
+    kept = [json.loads(line) for i, line in enumerate(lines) if i not in dropped]
+    with open(path, "w") as f:  # a crash: five predictions never written, the last write cut off mid-line
+        f.writelines(line for i, line in enumerate(lines) if i not in dropped)
+        f.write(lines[dropped[-1]][:40])
+    out = run_eval("--model", tiny_dir, "--data", mixed_file, "--out-dir", resumed, *SAMPLED,
+                   "--compare", os.path.join(out_dir, "results.json"))
+    assert "15 of 20 (item, sample) pairs already" in out.stdout and "generating 5 on" in out.stdout
+    assert "skipped 1 unreadable prediction lines" in out.stdout
+    preds = read_jsonl(path)
+    assert len(preds) == 20 and sorted(keys(preds)) == sorted(keys(read_jsonl(os.path.join(out_dir, "predictions.jsonl"))))
+    assert all(p in preds for p in kept)  # nothing already written was lost or rewritten
+    assert "difference vs" in out.stdout and "| mixed10 |" in out.stdout.split("difference vs")[1]
+    assert json.load(open(os.path.join(resumed, "results.json")))["mixed10"]["items"] == 10
+
+
+def test_compare_paper_limit_and_guard(first_run, tiny_dir, mixed_file, tmp_path):
+    out_dir, _ = first_run
+    again = str(tmp_path / "again")
+    shutil.copytree(out_dir, again)
+    out = run_eval("--model", tiny_dir, "--data", mixed_file, "--out-dir", again, *SAMPLED, "--limit", "4",
+                   "--compare", "paper")
+    assert "generating 0 on" in out.stdout  # everything done: no model load, no generation
+    assert "ReVisual-R1-7B" in out.stdout and "Qwen2.5-VL-7B" in out.stdout
+    assert json.load(open(os.path.join(again, "results.json")))["mixed10"]["items"] == 4
+    assert len(read_jsonl(os.path.join(again, "predictions.jsonl"))) == 20  # predictions beyond --limit are kept
+    # another decoding setting in the same folder would mix predictions: refused
+    bad = run_eval("--model", tiny_dir, "--data", mixed_file, "--out-dir", again, "--max-new-tokens", "9", check=False)
+    assert bad.returncode != 0 and "other settings" in bad.stderr
+
+
+@pytest.mark.skipif(not __import__("torch").distributed.is_available(), reason="no torch.distributed")
+def test_torchrun_resume_from_rank_files(first_run, tiny_dir, mixed_file, tmp_path):
+    """2 CPU ranks (gloo, FSDP2) resume a torchrun crash: half in predictions.jsonl, some in a rank file, 6 missing."""
+    out_dir, _ = first_run
+    ddp_dir = str(tmp_path / "ddp")
+    os.makedirs(ddp_dir)
+    shutil.copy(os.path.join(out_dir, "config.json"), ddp_dir)
+    lines = open(os.path.join(out_dir, "predictions.jsonl")).read().splitlines(keepends=True)
+    open(os.path.join(ddp_dir, "predictions.jsonl"), "w").writelines(lines[:10])
+    open(os.path.join(ddp_dir, "predictions.rank1.jsonl"), "w").writelines(lines[10:14] + lines[:2])  # 2 duplicates
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(ROOT, "eval.py"), "--model", tiny_dir, "--data", mixed_file, "--out-dir", ddp_dir, *SAMPLED]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-4000:]
+    assert "14 of 20 (item, sample) pairs already" in out.stdout and "generating 6 on 2 rank(s)" in out.stdout
+    assert sorted(os.listdir(ddp_dir)) == ["config.json", "predictions.jsonl", "results.json", "results.md"]
+    preds = read_jsonl(os.path.join(ddp_dir, "predictions.jsonl"))
+    assert keys(preds) == keys(read_jsonl(os.path.join(out_dir, "predictions.jsonl")))  # same order, each once
+    assert preds[:14] == [json.loads(line) for line in lines[:14]]
