@@ -26,6 +26,7 @@ Deviations from the paper / released code:
 """
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -58,6 +59,8 @@ parser.add_argument("--temperature", type=float, default=None, help="sampling te
 parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling")
 parser.add_argument("--max-new-tokens", type=int, default=None, help="completion length cap")
 parser.add_argument("--rollout-batch-size", type=int, default=None, help="sequences per generate call (KV memory)")
+parser.add_argument("--gather-for-rollout", type=int, default=1, help="FSDP: 1 = all-gather the weights once per "
+                    "rollout phase (fast, needs a full bf16 copy per GPU); 0 = per-layer gathers every token")
 # GRPO
 parser.add_argument("--lr", type=float, default=None, help="AdamW learning rate (constant)")
 parser.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay")
@@ -272,13 +275,15 @@ for step in range(start_step, args.max_steps):
     # ---- 1. rollouts: G samples per prompt (paper §4, Algorithm 1 line 3)
     rows = step_prompts(step)
     model.eval()
-    with timer("generate"), dist.gathered_params(model), autocast(device, ddp):
+    gathered = dist.gathered_params(model) if args.gather_for_rollout else contextlib.nullcontext()
+    with timer("generate"), gathered, autocast(device, ddp):
         # sampling seeds derive from (seed, step, global prompt index): the same rollouts at any world size
         seqs = generate_rollouts(model, processor, [r["messages"] for r in rows], group_size=G,
                                  max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                                  micro_batch_size=args.rollout_batch_size, suppress_ids=suppress_ids,
                                  seed=args.seed * 1_000_003 + step, prompt_offset=rank * local_prompts,
-                                 synced_gpus=False if ddp else None)  # gathered: no collectives while decoding
+                                 synced_gpus=False if ddp and args.gather_for_rollout else None)
+    # gathered: no collectives while decoding, so a rank that finishes early stops (no synced_gpus)
     model.train()
 
     # ---- 2. rewards (paper §3) and group advantages (DeepSeekMath §4.1.2; groups are contiguous, on one rank)
