@@ -30,9 +30,11 @@ import contextlib
 import json
 import math
 import os
+import sys
 import time
 
 import torch
+from tqdm import tqdm
 
 from nanorevisual import checkpoint, data, dist
 from nanorevisual.common import MetricsLogger, Timer, autocast, set_seed, truncate_jsonl
@@ -125,9 +127,9 @@ STAGE = {
     "mrl": {"kl_coef": 0.0, "freeze_vision": 0, "entropy_coef": 0.0, "entropy_warmup": 0},
     "trl": {"kl_coef": 2e-3, "freeze_vision": 1, "entropy_coef": 0.02, "entropy_warmup": 140},  # paper Table 5
 }[args.stage]
-TOY = {  # shared/toy-recipe.md §4: constant lr 1e-4, G 8, 16 prompts, T 1.0, 20 new tokens, one update per batch
+TOY = {  # shared/toy-recipe.md §4 (G 8, 16 prompts, T 1.0, one update per batch); lr 5e-5: 1e-4 collapsed here
     "prompts_per_step": 16, "group_size": 8, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 24,
-    "rollout_batch_size": 128, "lr": 1e-4, "weight_decay": 0.0, "mini_batches": 1, "micro_batch_size": 64,
+    "rollout_batch_size": 128, "lr": 5e-5, "weight_decay": 0.0, "mini_batches": 1, "micro_batch_size": 64,
     "max_steps": {"mrl": 150, "trl": 60}[args.stage], "eval_every": 25, "dump_every": 25, "length_budget": 24}
 PAPER = {  # paper.md §2c-2d, Table 5: rollout 512 prompts x 8, 4 optimizer steps per rollout, lr 1e-6 constant
     "prompts_per_step": 512, "group_size": 8, "temperature": 1.0, "top_p": 0.95, "max_new_tokens": 8192,
@@ -266,6 +268,8 @@ def entropy_coef_now():
 # Training loop
 timer = Timer(sync_cuda=device.type == "cuda")
 model.train()
+# a progress bar in terminals only (logs and pipes get the one-line-per-step prints alone)
+pbar = tqdm(total=args.max_steps, initial=start_step, desc=args.stage, disable=not (master_process and sys.stderr.isatty()))
 for step in range(start_step, args.max_steps):
     if args.eval_every and step % args.eval_every == 0 and val_sets:
         run_eval(step)
@@ -413,6 +417,7 @@ for step in range(start_step, args.max_steps):
     })
     record["time/tokens_per_s"] = sums[4] / record["time/step"]
     metrics.log(record)
+    pbar.update(1)
     if (step + 1) % args.log_every == 0 or step == args.max_steps - 1:
         print0(f"step {step + 1:4d}/{args.max_steps} | reward {record['reward/total']:.3f} | acc {record['reward/accuracy']:.3f} | "
                f"zero_adv {record['grpo/zero_adv_frac']:.2f} | pad {record['pad/selected']}/{N_global} (E {record['pad/effective']}) | "
@@ -433,6 +438,7 @@ for step in range(start_step, args.max_steps):
     if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < args.max_steps:
         save(f"step_{step + 1:06d}", step + 1)
 
+pbar.close()
 if val_sets:
     run_eval(args.max_steps)
 save("final", args.max_steps)

@@ -21,9 +21,11 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 
 import torch
+from tqdm import tqdm
 
 from nanorevisual import checkpoint, data, dist
 from nanorevisual.common import MetricsLogger, autocast, lr_multiplier, set_seed, truncate_jsonl
@@ -186,6 +188,8 @@ def save(name, step):
 # Training loop
 model.train()
 dropped_total = 0
+# a progress bar in terminals only (logs and pipes get the one-line-per-step prints alone)
+pbar = tqdm(total=total_steps, initial=start_step, desc="sft", disable=not (master_process and sys.stderr.isatty()))
 for step in range(start_step, total_steps):
     t0 = time.perf_counter()
     if args.eval_every and val_rows and step % args.eval_every == 0:
@@ -221,12 +225,14 @@ for step in range(start_step, total_steps):
               "train/tokens": global_tokens, "time/step": dt, "time/tokens_per_s": global_tokens / dt,
               "data/dropped_rows": dropped_total}
     metrics.log(record)
+    pbar.update(1)
     if (step + 1) % args.log_every == 0 or step == start_step:
         print0(f"step {step + 1:5d}/{total_steps} | loss {record['train/loss']:.4f} | lr {lr:.2e} | "
                f"grad_norm {grad_norm:.3f} | tok/s {record['time/tokens_per_s']:.0f} | dt {dt * 1000:.0f}ms")
     if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < total_steps:
         save(f"step_{step + 1:06d}", step + 1)
 
+pbar.close()
 if val_rows:
     val = eval_loss()
     print0(f"step {total_steps:5d} | val_loss {val:.4f}")
