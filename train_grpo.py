@@ -309,8 +309,10 @@ for step in range(start_step, args.max_steps):
         pad_empty_steps += 1
         if args.pad_empty == "full":
             selected = torch.arange(N_global)  # (N_global,) the released code's fallback
-    mine = selected[(selected >= rank * N_local) & (selected < (rank + 1) * N_local)] - rank * N_local  # (k_rank,)
-    train_seqs = [dict(seqs[i], advantage=float(advantages[i])) for i in mine.tolist()]
+    def owned(idx):  # global indices -> this rank's local indices (rank r generated [r*N_local, (r+1)*N_local))
+        return (idx[(idx >= rank * N_local) & (idx < (rank + 1) * N_local)] - rank * N_local).tolist()
+
+    mine = torch.tensor(owned(selected), dtype=torch.long)  # (k_rank,) repeats kept
 
     # ---- 4. updates: mini-batches x ppo epochs, each an optimizer step over micro-batches
     # Every rank must run the same number of forwards (FSDP collectives): pad to the max micro-batch count with
@@ -318,9 +320,12 @@ for step in range(start_step, args.max_steps):
     stats_sum = {"clip_frac_low": 0.0, "clip_frac_high": 0.0, "dual_clip_frac": 0.0, "ratio_mean": 0.0, "kl": 0.0,
                  "entropy": 0.0}
     stats_tokens, grad_norms, updates = 0, [], 0
-    mini_size = math.ceil(len(train_seqs) / args.mini_batches) if train_seqs else 0
-    minis = [train_seqs[i * mini_size:(i + 1) * mini_size] for i in range(args.mini_batches)] if mini_size else \
-        [[] for _ in range(args.mini_batches)]
+    # the selection (in PAD's sampled order) splits into mini-batches globally, so which sequences share an
+    # optimizer step does not depend on the world size; each rank then trains on the ones it owns
+    mini_size = math.ceil(selected.numel() / args.mini_batches)
+    minis = [[dict(seqs[i], advantage=float(advantages[i])) for i in owned(selected[m * mini_size:(m + 1) * mini_size])]
+             for m in range(args.mini_batches)]
+    train_seqs = [s for mini in minis for s in mini]
     num_micro = [len(sequence_batches(m, args.micro_batch_size)) for m in minis]
     num_micro = [int(dist.all_reduce_max(n, device)) for n in num_micro]
     multi_update = args.ppo_epochs * args.mini_batches > 1

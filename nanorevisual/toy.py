@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -130,9 +131,15 @@ def make_toy_data(out_dir, seed=0, num_sft=4000, num_mm_train=2000, num_mm_val=2
 
 
 def ensure_toy_data(out_dir="data/toy"):
-    """Build the toy set on first use (a default path that does not exist yet is the only thing created)."""
+    """Build the toy set on first use. Several processes (torchrun ranks) may race here: each builds into its own
+    temp folder and renames it into place; the first rename wins and the others discard theirs."""
     if not os.path.exists(os.path.join(out_dir, "DONE")):
-        make_toy_data(out_dir)
+        tmp = f"{out_dir.rstrip('/')}.tmp-{os.getpid()}"
+        make_toy_data(tmp)
+        try:
+            os.rename(tmp, out_dir)
+        except OSError:  # another process got there first
+            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

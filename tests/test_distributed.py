@@ -105,12 +105,15 @@ def test_grpo_trl_one_vs_two_ranks_with_an_empty_pad_rank_and_resume(tmp_path, t
 
 
 def test_grpo_mrl_one_vs_two_ranks_uneven_selection(tmp_path, tiny_dir, toy_dir):
-    # the released preset samples 1.5 N with replacement: duplicates, and unequal counts on the two ranks
+    # the released preset samples 1.5 N with replacement: duplicates, and unequal counts on the two ranks; two
+    # optimizer steps per rollout step, so old log-probs and clipping come into play
     args = ["--stage", "mrl", "--model", tiny_dir, "--data", os.path.join(toy_dir, "mm_train.jsonl"),
-            "--max-steps", "1", "--pad", "code", "--pad-t-low", "-1", "--pad-weighting", "uniform", *GRPO]
+            "--max-steps", "1", "--pad", "code", "--pad-t-low", "-1", "--pad-weighting", "uniform",
+            "--mini-batches", "2", *GRPO]
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     launch("train_grpo.py", *args, "--out-dir", one, ranks=1)
     launch("train_grpo.py", *args, "--out-dir", two, ranks=2, timeout=180)
-    assert train_records(two, "pad/selected") == {1: 24}
+    assert train_records(two, "pad/selected") == {1: 24} and train_records(two, "train/updates") == {1: 2}
     assert abs(train_records(one, "train/grad_norm")[1] - train_records(two, "train/grad_norm")[1]) < 1e-5
+    assert abs(train_records(one, "train/ratio_mean")[1] - train_records(two, "train/ratio_mean")[1]) < 1e-6
     assert max_weight_diff(os.path.join(one, "final"), os.path.join(two, "final")) < 1e-5
