@@ -45,8 +45,9 @@ from tqdm import tqdm
 from nanorevisual import dist
 from nanorevisual.benchmarks import BENCHMARKS, PAPER_TABLE2, grade_item, load_benchmark
 from nanorevisual.common import default_dtype
-from nanorevisual.data import build_messages, encode_prompts
+from nanorevisual.data import build_messages
 from nanorevisual.dist import print0
+from nanorevisual.model import is_toy_model
 
 # ----------------------------------------------------------------------------------------------------------------
 # CLI (parsed in the script section below, so tests can import the pure functions)
@@ -76,18 +77,6 @@ GENERATION_KEYS = ("model", "temperature", "top_p", "max_new_tokens", "min_pixel
 
 # ----------------------------------------------------------------------------------------------------------------
 # pure helpers
-
-
-def is_toy_model(path):
-    """The tiny model and its descendants (text hidden size <= 512) get toy defaults (same rule as train_grpo.py)."""
-    if path == "tiny":
-        return True
-    try:
-        with open(os.path.join(path, "config.json")) as f:
-            cfg = json.load(f)
-    except OSError:
-        return False  # a hub id: a real model
-    return cfg.get("text_config", cfg).get("hidden_size", 4096) <= 512
 
 
 def parse_data_spec(spec):
@@ -283,15 +272,14 @@ if __name__ == "__main__":
     if pending_keys:
         from nanorevisual.model import load_model_and_processor, vision_token_ids
         from nanorevisual.rollout import generate_rollouts
-        dtype = torch.float32 if ddp else default_dtype(device, args.dtype)  # FSDP2 casts to bf16 itself on CUDA
-        model, processor = load_model_and_processor(args.model, dtype=dtype, device=device,
-                                                    min_pixels=args.min_pixels, max_pixels=args.max_pixels)
+        if ddp:  # sharded: rank 0 reads the weights and broadcasts them (FSDP2 casts to bf16 itself on CUDA)
+            model, processor = dist.load_policy(args.model, device, ddp, min_pixels=args.min_pixels,
+                                                max_pixels=args.max_pixels)
+        else:
+            model, processor = load_model_and_processor(args.model, dtype=default_dtype(device, args.dtype),
+                                                        device=device, min_pixels=args.min_pixels,
+                                                        max_pixels=args.max_pixels)
         model.eval()
-        if ddp:
-            model = dist.shard_model(model, device)
-            with torch.no_grad():  # FSDP2 lazy init needs one ordinary forward before gathered_params
-                warm = encode_prompts(processor, [build_messages("warm-up", [])])
-                model(**{k: v.to(device) for k, v in warm.items()})
         suppress_ids = vision_token_ids(processor)
         out_path = os.path.join(args.out_dir, f"predictions.rank{rank}.jsonl" if ddp else "predictions.jsonl")
         pbar = tqdm(total=len(pending), desc="eval", unit="seq", disable=not master_process)

@@ -40,7 +40,7 @@ from nanorevisual import checkpoint, data, dist
 from nanorevisual.common import MetricsLogger, Timer, autocast, set_seed, truncate_jsonl
 from nanorevisual.dist import print0
 from nanorevisual.grpo import PAD_PRESETS, group_advantages, pad_select, pad_tau, policy_loss
-from nanorevisual.model import count_params, vision_token_ids
+from nanorevisual.model import count_params, is_toy_model, vision_token_ids
 from nanorevisual.rewards import accuracy_reward, compute_rewards
 from nanorevisual.rollout import collate_rollouts, completion_logps, generate_rollouts
 
@@ -109,18 +109,6 @@ parser.add_argument("--eval-limit", type=int, default=0, help="evaluate only the
 parser.add_argument("--dump-every", type=int, default=None, help="write OUT_DIR/rollouts/step_XXXXXX.jsonl every N steps")
 parser.add_argument("--log-every", type=int, default=1, help="print a line every N steps")
 args = parser.parse_args()
-
-def is_toy_model(path):
-    """The toy presets apply to the tiny model and its descendants (text hidden size <= 512)."""
-    if path in (None, "tiny"):
-        return True
-    try:
-        with open(os.path.join(path, "config.json")) as f:
-            cfg = json.load(f)
-    except OSError:
-        return False  # a hub id: a real model
-    return cfg.get("text_config", cfg).get("hidden_size", 4096) <= 512
-
 
 tiny = is_toy_model(args.model or {"mrl": "runs/sft/final", "trl": "runs/mrl/final"}[args.stage])
 STAGE = {

@@ -31,7 +31,7 @@ from nanorevisual import checkpoint, data, dist
 from nanorevisual.common import MetricsLogger, autocast, lr_multiplier, set_seed, truncate_jsonl
 from nanorevisual.dist import print0
 from nanorevisual.grpo import token_logps
-from nanorevisual.model import count_params
+from nanorevisual.model import count_params, is_toy_model
 
 # ----------------------------------------------------------------------------------------------------------------
 # CLI
@@ -67,7 +67,7 @@ TOY = {"epochs": 6, "lr": 2e-3, "min_lr_ratio": 0.1, "warmup_ratio": 0.05, "weig
        "grad_accum": 1, "max_length": 256, "eval_every": 50}  # shared/toy-recipe.md §3
 PAPER = {"epochs": 5, "lr": 2e-5, "min_lr_ratio": 0.0, "warmup_ratio": 0.05, "weight_decay": 0.0, "batch_size": 8,
          "grad_accum": 16, "max_length": 32768, "eval_every": 200}  # paper.md §5 / Table 5 (128 rows per step)
-preset = TOY if args.model == "tiny" else PAPER
+preset = TOY if is_toy_model(args.model) else PAPER
 for key, value in preset.items():
     if getattr(args, key) is None:
         setattr(args, key, value)

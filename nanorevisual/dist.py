@@ -221,19 +221,21 @@ def load_resume_state(path, model, optimizer):
     return torch.load(os.path.join(path, f"extra_rank{dist.get_rank()}.pt"), weights_only=False)
 
 
-def load_policy(path, device, ddp, *, grad_checkpointing=False, freeze_vision_tower=False):
+def load_policy(path, device, ddp, *, grad_checkpointing=False, freeze_vision_tower=False, min_pixels=None,
+                max_pixels=None):
     """(model, processor) for training or eval: sharded under torchrun (rank 0 reads, the others receive),
     the plain HF model otherwise. fp32 master weights either way (bf16 compute comes from FSDP's mixed precision
     or from autocast)."""
     from nanorevisual.model import freeze_vision, load_model_and_processor
     if not ddp:
-        model, processor = load_model_and_processor(path, device=device, grad_checkpointing=grad_checkpointing)
+        model, processor = load_model_and_processor(path, device=device, grad_checkpointing=grad_checkpointing,
+                                                    min_pixels=min_pixels, max_pixels=max_pixels)
         if freeze_vision_tower:
             freeze_vision(model)
         return model, processor
     model = load_sharded_model(path, device, grad_checkpointing=grad_checkpointing,
                                freeze_vision_tower=freeze_vision_tower)
-    _, processor = load_model_and_processor(path, load_model=False)
+    _, processor = load_model_and_processor(path, load_model=False, min_pixels=min_pixels, max_pixels=max_pixels)
     from nanorevisual.model import set_generation_ids
     set_generation_ids(model, processor)
     warmup_forward(model, processor, device)

@@ -12,6 +12,7 @@ Pitfalls handled here (shared/pitfalls.md):
    has none, so when a loaded template lacks them we swap in `QWEN_CHAT_TEMPLATE`, which renders the same text.
 """
 
+import json
 import os
 
 import torch
@@ -77,6 +78,18 @@ def load_processor(path, min_pixels=None, max_pixels=None):
         template = QWEN_CHAT_TEMPLATE  # renders the same text as Qwen's own, plus assistant masks
     tokenizer.chat_template = template
     return ImageOnlyQwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=template)
+
+
+def is_toy_model(path):
+    """The tiny model and its descendants (text hidden size <= 512) get the toy presets of every script."""
+    if path in (None, "tiny"):
+        return True
+    try:
+        with open(os.path.join(path, "config.json")) as f:
+            cfg = json.load(f)
+    except OSError:
+        return False  # a hub id: a real model
+    return cfg.get("text_config", cfg).get("hidden_size", 4096) <= 512
 
 
 def resolve_model_path(path):
