@@ -11,10 +11,14 @@ and prints the median wall time of --repeats runs and the ratio per-token / gath
 """
 
 import argparse
+import os
 import statistics
+import sys
 import time
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere, no install
 
 from nanorevisual import dist
 from nanorevisual.data import build_messages
