@@ -135,7 +135,7 @@ def main():
         json.dump(results, f, indent=1)
     plots = [plot_variants(dirs, os.path.join(out, "reward.png"), "reward/accuracy", "train accuracy reward"),
              plot_variants(dirs, os.path.join(out, "zero_adv.png"), "grpo/zero_adv_frac", "zero-advantage fraction")]
-    hist_variant = args.base if args.sweep else next((v for v in dirs if v not in ("none",)), list(dirs)[0])
+    hist_variant = next((v for v in dirs if v != "none"), list(dirs)[0])  # a variant where PAD selects
     dump = os.path.join(dirs[hist_variant][0], "rollouts", f"step_{args.hist_step:06d}.jsonl")
     if os.path.exists(dump):
         plots.append(plot_adv_hist(dump, os.path.join(out, "adv_hist.png"),

@@ -36,3 +36,18 @@ def test_pad_study_smoke(tmp_path, tiny_dir):
     for variant in ("none", "paper"):
         metrics = [json.loads(line) for line in open(out / variant / "seed0" / "metrics.jsonl")]
         assert sum("reward/total" in r for r in metrics) == 2
+
+
+def test_pad_study_sweep_mode(tmp_path, tiny_dir):
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "nanorevisual.pad_study", "--out-dir", str(out), "--init", tiny_dir,
+           "--sweep", "pad-t-low=0.03,0.6", "--seeds", "0", "--steps", "2", "--eval-every", "1", "--hist-step", "0",
+           "--extra", "--prompts-per-step 2 --group-size 4 --max-new-tokens 4 --eval-limit 4 --dump-every 1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env=dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=ROOT))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.load(open(out / "results.json"))
+    assert set(results) == {"pad-t-low=0.03", "pad-t-low=0.6"}
+    meta = json.load(open(out / "pad-t-low_0.6" / "seed0" / "final" / "meta.json"))
+    assert meta["user_config"]["pad_t_low"] == 0.6 and meta["user_config"]["pad"] == "paper"
+    assert "| pad-t-low=0.6 |" in (out / "report.md").read_text()
