@@ -219,6 +219,14 @@ def run_eval(step):
     metrics.log(record)
 
 
+def stored_logps(mb, key, like):
+    """Per-sequence (Tc,) log-probs saved under `key` -> (B, T) on like's device (positions past Tc are masked)."""
+    out = like.detach().clone()  # (B, T)
+    for i, s in enumerate(mb or []):
+        out[i, :s[key].numel()] = s[key].to(like.device)
+    return out
+
+
 def sequence_batches(seqs, size):
     return [seqs[i:i + size] for i in range(0, len(seqs), size)]
 
@@ -352,17 +360,8 @@ for step in range(start_step, args.max_steps):
                         mask = batch["completion_mask"].to(device)  # (B, T)
                         if dummy:
                             mask = torch.zeros_like(mask)
-                        T = mask.shape[1]
-
-                        def stack(key, fallback):  # per-sequence (Tc,) tensors -> (B, T), zero padded
-                            out = fallback.detach().clone()
-                            for i, s in enumerate(mb or []):
-                                if s.get(key) is not None:
-                                    out[i, :s[key].numel()] = s[key].to(device)
-                            return out
-
-                        old_logps = stack("old_logps", logps) if multi_update else logps.detach()  # (B, T) ratio 1 on-policy
-                        ref_logps = stack("ref_logps", logps) if ref_model is not None else None  # (B, T)
+                        old_logps = stored_logps(mb, "old_logps", logps) if multi_update else logps.detach()  # (B, T) ratio 1 on-policy
+                        ref_logps = stored_logps(mb, "ref_logps", logps) if ref_model is not None else None  # (B, T)
                         adv = torch.tensor([s["advantage"] for s in mb] if mb else [0.0], device=device)  # (B,)
                         loss, stats = policy_loss(logps, old_logps, adv, mask, clip_low=args.clip_low,
                                                   clip_high=args.clip_high, dual_clip=args.dual_clip,

@@ -123,7 +123,3 @@ def find_last_step(out_dir):
              and os.path.exists(os.path.join(out_dir, d, "meta.json"))]
     return os.path.join(out_dir, max(steps)) if steps else None
 
-
-def read_meta(path):
-    with open(os.path.join(path, "meta.json")) as f:
-        return json.load(f)
