@@ -115,6 +115,50 @@ def load_resume(path, model, optimizer, ddp=False):
     return state
 
 
+# flags that may change between a run and its resume: they do not change what the run computes
+RESUMABLE_CHANGES = {"resume", "overwrite", "max_steps", "save_every", "eval_every", "log_every", "dump_every",
+                     "out_dir", "eval_limit"}
+RUN_FILES = ("final", "metrics.jsonl", "rollouts")
+
+
+def prepare_out_dir(out_dir, *, resume, overwrite, user_config):
+    """Decide where a run starts, before any model loads. Returns the step folder to resume from, or None.
+
+    - resume=1 continues from the newest OUT_DIR/step_* after checking that its meta.json describes the same run
+      (flags in RESUMABLE_CHANGES may differ); with nothing to resume it says so in one line and starts at step 0.
+    - resume=0 refuses a folder that holds another run's checkpoints or metrics (a later --resume would mix the two
+      runs), unless overwrite=1, which deletes them first.
+    """
+    from nanorevisual.common import UserError
+    last = find_last_step(out_dir)
+    if resume and last:
+        with open(os.path.join(last, "meta.json")) as f:
+            old = json.load(f).get("user_config", {})
+        differ = {k: (old.get(k), v) for k, v in user_config.items()
+                  if k not in RESUMABLE_CHANGES and k in old and str(old.get(k)) != str(v)}
+        if differ:
+            diff = ", ".join(f"--{k.replace('_', '-')} {a} -> {b}" for k, (a, b) in sorted(differ.items()))
+            raise UserError(f"{last}: --resume 1 with other settings than the run it continues ({diff}); "
+                            "pass the original flags, or a new --out-dir")
+        return last
+    leftovers = [] if not os.path.isdir(out_dir) else sorted(
+        d for d in os.listdir(out_dir) if d in RUN_FILES or (d.startswith("step_") and d[5:].isdigit()))
+    if resume:
+        if "final" in leftovers:
+            raise UserError(f"{out_dir}: --resume 1 but the run there finished (final/) and left no step_* folder; "
+                            "pass a new --out-dir, or --overwrite 1 to start again")
+        dist.print0(f"resume: no checkpoint in {out_dir}: starting from step 0")
+        return None
+    if leftovers and not overwrite:
+        raise UserError(f"{out_dir}: already holds a run ({', '.join(leftovers[:4])}); pass --resume 1 to continue it, "
+                        "--overwrite 1 to replace it, or a new --out-dir")
+    if leftovers and int(os.environ.get("RANK", 0)) == 0:
+        for name in leftovers:
+            path = os.path.join(out_dir, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    return None
+
+
 def find_last_step(out_dir):
     """The newest finished OUT_DIR/step_XXXXXX folder (with resume state), or None."""
     if not os.path.isdir(out_dir):

@@ -1,14 +1,51 @@
-"""Small shared helpers: seeding, dtype choice, learning-rate schedule, metrics JSONL, timers."""
+"""Small shared helpers: user errors in one line, seeding, dtype choice, learning-rate schedule, metrics JSONL, timers."""
 
 import contextlib
 import json
 import math
 import os
 import random
+import sys
 import time
 
 import numpy as np
 import torch
+
+
+class UserError(Exception):
+    """A mistake in the user's input (a flag, a path, a data row). Scripts print it as one line, no traceback."""
+
+
+def one_line_errors(parser):
+    """Make a script report user errors as one line on stderr and exit 2, before any model loads.
+
+    A UserError raised anywhere in the script prints `error: <message>` (on rank 0 only under torchrun; every
+    rank exits), and argparse's own complaints lose their usage block. Anything else keeps its traceback: that is
+    a bug, not a user error."""
+    default_hook = sys.excepthook
+
+    def hook(exc_type, exc, tb):
+        if not issubclass(exc_type, UserError):
+            return default_hook(exc_type, exc, tb)
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+        os._exit(2)  # also skips torch.distributed's atexit teardown, which would hang without the other ranks
+
+    def parser_error(message):
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+    sys.excepthook = hook
+    parser.error = parser_error
+
+
+def check_flags(args, *, positive=(), non_negative=()):
+    """Refuse sizes and counts that cannot work, naming the flag: `--max-steps must be >= 1, got 0`."""
+    for names, low in ((positive, 1), (non_negative, 0)):
+        for name in names:
+            value = getattr(args, name)
+            if value is not None and value < low:
+                raise UserError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
 
 
 def set_seed(seed):
@@ -31,12 +68,10 @@ def autocast(device, ddp):
     return contextlib.nullcontext()
 
 
-def lr_multiplier(step, total_steps, warmup_steps, min_ratio, schedule="cosine"):
-    """Linear warmup to 1, then cosine decay to min_ratio (or constant). `step` counts finished optimizer steps."""
+def lr_multiplier(step, total_steps, warmup_steps, min_ratio):
+    """Linear warmup to 1, then cosine decay to min_ratio. `step` counts finished optimizer steps."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
-    if schedule == "constant":
-        return 1.0
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
@@ -50,9 +85,22 @@ class MetricsLogger:
             os.makedirs(out_dir, exist_ok=True)
 
     def log(self, record):
+        """One write of one whole line, flushed: a crash can leave at most a torn last line, which readers skip."""
         if self.path:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+
+
+def read_jsonl_records(path):
+    """The records of a metrics file; a line cut off by a crash (only ever the last one) is dropped."""
+    records = []
+    with open(path) as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    return records
 
 
 def truncate_jsonl(path, resume_step):
@@ -61,12 +109,12 @@ def truncate_jsonl(path, resume_step):
     (the eval at resume_step ran after the checkpoint, so it is dropped and redone)."""
     if not os.path.exists(path):
         return
-    with open(path) as f:
-        records = [json.loads(line) for line in f]
+    records = read_jsonl_records(path)
     keep = [r for r in records if r.get("step", 0) < resume_step
             or (r.get("step") == resume_step and not any(k.startswith("eval/") for k in r))]
-    with open(path, "w") as f:
+    with open(path + ".tmp", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in keep)
+    os.replace(path + ".tmp", path)  # a crash here leaves the old file, never a half-written one
 
 
 class Timer:

@@ -19,6 +19,7 @@ Deviations from the paper / released code:
 
 import io
 import json
+import math
 import os
 
 import torch
@@ -31,8 +32,11 @@ INSTRUCTION = (" You FIRST think about the reasoning process step by step as an 
 IGNORE_INDEX = -100
 
 
-class DataError(ValueError):
-    """A bad input row; the message is one line: 'file:line: problem'."""
+from nanorevisual.common import UserError
+
+
+class DataError(UserError, ValueError):
+    """A bad input row; the message is one line: "file:line: field 'X': problem"."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -123,7 +127,9 @@ def row_images(row, base_dir, where):
 # the prompt (one builder for SFT, GRPO and eval)
 
 def build_messages(problem, images, instruction=INSTRUCTION, where="problem"):
-    """One user turn: text split at <image> markers with an image item at each; no markers -> images first."""
+    """One user turn: text split at <image> markers with an image item at each; no markers -> images first.
+    The problem is trimmed before the instruction is appended, as the released template does."""
+    problem = problem.strip()
     parts = problem.split("<image>")
     if len(parts) > 1 and len(parts) - 1 != len(images):
         raise DataError(f"{where}: {len(parts) - 1} <image> markers but {len(images)} images")
@@ -286,3 +292,27 @@ def collate_sft(encoded, pad_token_id):
         batch["pixel_values"] = torch.cat([r["pixel_values"] for r in with_images])  # (num_patches, D_patch)
         batch["image_grid_thw"] = torch.cat([r["image_grid_thw"] for r in with_images])  # (num_images, 3)
     return batch
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# data order and prompt filtering
+
+def step_indices(num_rows, per_step, step, seed):
+    """Row indices of training step `step` (SFT rows or RL prompts): a seeded permutation per epoch cut into blocks of
+    per_step, so resume needs only the step number. A dataset smaller than one step wraps around."""
+    steps_per_epoch = max(1, num_rows // per_step)
+    epoch, offset = divmod(step, steps_per_epoch)
+    order = torch.randperm(num_rows, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
+    idx = order[offset * per_step:(offset + 1) * per_step]
+    return (idx * math.ceil(per_step / len(idx)))[:per_step]
+
+
+def filter_long_prompts(processor, rows, max_tokens, batch_size=64):
+    """(rows whose generation prompt has at most max_tokens tokens, number dropped). Counts what the model sees,
+    image tokens expanded (the released filter counts one placeholder per image)."""
+    kept = []
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        lengths = encode_prompts(processor, [r["messages"] for r in chunk])["attention_mask"].sum(1).tolist()
+        kept += [r for r, n in zip(chunk, lengths) if n <= max_tokens]
+    return kept, len(rows) - len(kept)

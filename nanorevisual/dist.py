@@ -42,6 +42,15 @@ def print0(*args, **kwargs):
         print(*args, **kwargs, flush=True)
 
 
+def all_reduce_dict(values, device="cpu", op="sum"):
+    """{name: float} summed (or maxed) over ranks; named, so a reader never counts positions in a list."""
+    names = list(values)
+    t = torch.tensor([float(values[k]) for k in names], dtype=torch.float64, device=device)  # (K,)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return dict(zip(names, t.tolist()))
+
+
 def all_reduce_sum(values, device="cpu"):
     """Sum a list of floats over ranks (identity without a process group). Use for (sum, count) pairs."""
     t = torch.tensor(values, dtype=torch.float64, device=device)  # (K,)
@@ -175,7 +184,6 @@ def load_sharded_model(path, device, *, grad_checkpointing=False, freeze_vision_
         full = cpu_model.state_dict()
         for name, buf in cpu_model.named_buffers():
             buffers[name].copy_(buf)
-        model.generation_config = cpu_model.generation_config
         del cpu_model
     set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
     for buf in buffers.values():
@@ -236,7 +244,7 @@ def load_policy(path, device, ddp, *, grad_checkpointing=False, freeze_vision_to
     model = load_sharded_model(path, device, grad_checkpointing=grad_checkpointing,
                                freeze_vision_tower=freeze_vision_tower)
     _, processor = load_model_and_processor(path, load_model=False, min_pixels=min_pixels, max_pixels=max_pixels)
-    from nanorevisual.model import set_generation_ids
-    set_generation_ids(model, processor)
+    from nanorevisual.model import set_neutral_generation_config
+    set_neutral_generation_config(model, processor)  # on every rank (pitfall 7)
     warmup_forward(model, processor, device)
     return model, processor

@@ -14,6 +14,7 @@ Pitfalls handled here (shared/pitfalls.md):
 
 import json
 import os
+import re
 
 import torch
 from transformers import AutoModelForImageTextToText, AutoTokenizer, Qwen2_5_VLProcessor, Qwen2VLImageProcessorPil
@@ -80,6 +81,30 @@ def load_processor(path, min_pixels=None, max_pixels=None):
     return ImageOnlyQwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=template)
 
 
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name
+
+
+def check_model_path(path):
+    """The --model value every script accepts, checked before anything loads: "tiny" (built on first use), an HF
+    folder with config.json, or a hub id (owner/name) when the hub can be reached. Returns the path to load."""
+    from nanorevisual.common import UserError
+    if path == "tiny":
+        return resolve_model_path(path)
+    if os.path.isdir(path):
+        if not os.path.exists(os.path.join(path, "config.json")):
+            raise UserError(f"--model {path}: folder has no config.json (expected a Hugging Face checkpoint folder)")
+        return path
+    if os.path.exists(path):
+        raise UserError(f"--model {path}: is a file; expected a checkpoint folder, a hub id or 'tiny'")
+    if not HUB_ID.match(path) or path.startswith((".", "/")):
+        raise UserError(f"--model {path}: no such folder (and not a hub id like Qwen/Qwen2.5-VL-7B-Instruct)")
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        from huggingface_hub import try_to_load_from_cache
+        if not isinstance(try_to_load_from_cache(path, "config.json"), str):
+            raise UserError(f"--model {path}: no such folder, and HF_HUB_OFFLINE=1 with no cached copy of that hub id")
+    return path
+
+
 def is_toy_model(path):
     """The tiny model and its descendants (text hidden size <= 512) get the toy presets of every script."""
     if path in (None, "tiny"):
@@ -114,15 +139,34 @@ def load_model_and_processor(path, *, dtype=torch.float32, attn_implementation="
         if grad_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
-        set_generation_ids(model, processor)
+        set_neutral_generation_config(model, processor)
     return model, processor
 
 
-def set_generation_ids(model, processor):
-    """Stop at <|im_end|>, pad with the tokenizer's pad id (generation_config of a fresh model may lack both)."""
+# Qwen chat models end a turn with <|im_end|> but may also emit <|endoftext|>; the released code stops on both.
+STOP_TOKENS = ["<|im_end|>", "<|endoftext|>"]
+
+
+def stop_token_ids(processor):
+    """Ids that end a completion (generation stops on either; the completion mask ends at the first of them)."""
     tok = processor.tokenizer
-    model.generation_config.eos_token_id = tok.convert_tokens_to_ids("<|im_end|>")
-    model.generation_config.pad_token_id = tok.pad_token_id
+    ids = [tok.convert_tokens_to_ids(t) for t in STOP_TOKENS]
+    return [i for i in ids if i is not None and i != tok.unk_token_id]
+
+
+def set_neutral_generation_config(model, processor):
+    """Replace the checkpoint's generation config by one that carries only the stop and pad ids.
+
+    HF generate fills every sampling field a call leaves unset from model.generation_config, and a real
+    Qwen2.5-VL-7B-Instruct folder ships repetition_penalty 1.05, top_k 1, top_p 0.001, temperature 0.1
+    (docs/pitfalls.md, pitfall 7): rollouts would then be drawn from a penalised distribution while the loss scores
+    the plain one. With this neutral config the distribution is exactly what the caller's flags say, on every rank,
+    and the checkpoints we write carry it, so the next stage starts clean.
+    """
+    from transformers import GenerationConfig
+    model.generation_config = GenerationConfig(eos_token_id=stop_token_ids(processor),
+                                               pad_token_id=processor.tokenizer.pad_token_id,
+                                               bos_token_id=model.generation_config.bos_token_id)
 
 
 def vision_token_ids(processor):

@@ -9,7 +9,8 @@ Shape legend: see nanorevisual/grpo.py (B sequences, P padded prompt length, T p
 Correctness points (shared/pitfalls.md):
 1. Vision special tokens are suppressed in `generate` and the same -inf mask is applied in the log-prob path
    (§4); otherwise a sampled <|image_pad|> crashes the training forward.
-2. The completion mask runs through the first EOS inclusive (the model must learn to stop), built from the
+2. Generation stops on <|im_end|> or <|endoftext|> (as the released code) and the completion mask runs through
+   the first of them inclusive (the model must learn to stop), built from the
    generated positions, never from `pad_token_id` (style.md §5).
 3. The log-prob forward passes `mm_token_type_ids` (prompt types extended with zeros), so M-RoPE positions are
    those `generate` used (§3).
@@ -30,8 +31,8 @@ def generate_rollouts(model, processor, messages_list, *, group_size, max_new_to
     the G samples of prompt i at positions [i*G, (i+1)*G):
 
         prompt_ids (Lp,) long, prompt_mm_types (Lp,) long, pixel_values (n_patches, D) | None,
-        image_grid_thw (n_images, 3) | None, completion_ids (Tc,) long (through the first EOS),
-        truncated bool (no EOS within max_new_tokens), text str (decoded, special tokens skipped),
+        image_grid_thw (n_images, 3) | None, completion_ids (Tc,) long (through the first stop token),
+        truncated bool (no stop token within max_new_tokens), text str (decoded, special tokens skipped),
         prompt_index int, num_tokens int (= Tc)
 
     micro_batch_size counts sequences per `generate` call (prompts per call = max(1, micro_batch_size // G)).
@@ -42,11 +43,10 @@ def generate_rollouts(model, processor, messages_list, *, group_size, max_new_to
     """
     device = next(model.parameters()).device
     tok = processor.tokenizer
-    eos_id = model.generation_config.eos_token_id
-    eos_id = eos_id[0] if isinstance(eos_id, list) else eos_id
+    stop_ids = model.generation_config.eos_token_id  # <|im_end|> and <|endoftext|> (model.set_neutral_generation_config)
+    stop_ids = torch.tensor(stop_ids if isinstance(stop_ids, list) else [stop_ids])  # (n_stop,)
     prompts_per_call = max(1, micro_batch_size // group_size)
-    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else \
-        dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    sampling = sampling_kwargs(temperature, top_p)
     out = []
     for start in range(0, len(messages_list), prompts_per_call):
         chunk = messages_list[start:start + prompts_per_call]
@@ -68,9 +68,7 @@ def generate_rollouts(model, processor, messages_list, *, group_size, max_new_to
             p = j // group_size  # prompt within the chunk (num_return_sequences repeats each prompt G times)
             row_mask = enc["attention_mask"][p].bool()  # (P,) left padding removed below
             ids = completions[j]  # (T,)
-            eos_pos = (ids == eos_id).nonzero()
-            truncated = eos_pos.numel() == 0
-            length = ids.numel() if truncated else int(eos_pos[0]) + 1  # through the first EOS, inclusive
+            length, truncated = completion_length(ids, stop_ids)
             ids = ids[:length].clone()  # (Tc,)
             pixels, grid = per_prompt_pixels[p]
             out.append({"prompt_ids": enc["input_ids"][p][row_mask], "prompt_mm_types": enc["mm_token_type_ids"][p][row_mask],
@@ -80,6 +78,29 @@ def generate_rollouts(model, processor, messages_list, *, group_size, max_new_to
             if with_scores:
                 out[-1]["sample_logps"] = sample_logps[j, :length]
     return out
+
+
+def completion_length(ids, stop_ids):
+    """(length through the first stop token inclusive, truncated) of one generated row; ids (T,), stop_ids (n_stop,).
+    HF pads finished rows with pad_token_id, which is <|endoftext|> for Qwen: only the first stop token counts."""
+    stop_pos = torch.isin(ids, stop_ids).nonzero()  # (n, 1)
+    if stop_pos.numel() == 0:
+        return ids.numel(), True
+    return int(stop_pos[0]) + 1, False
+
+
+def sampling_kwargs(temperature, top_p):
+    """Every generate field that shapes the sampled distribution, set explicitly: softmax(logits / temperature)
+    with nucleus top_p and nothing else. Fields a call leaves unset are filled from model.generation_config, which
+    a real checkpoint uses for a repetition penalty and top-k (docs/pitfalls.md, pitfall 7); the log-prob path
+    scores exactly this distribution. temperature 0 means greedy decoding."""
+    # the fields with an explicit "off" value; the others (min_p, bad_words_ids, ...) are off only because
+    # model.set_neutral_generation_config cleared them, which the parity tests check on a Qwen-config checkpoint
+    neutral = dict(top_k=0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0, repetition_penalty=1.0,
+                   no_repeat_ngram_size=0, min_new_tokens=0)
+    if temperature > 0:
+        return dict(neutral, do_sample=True, temperature=temperature, top_p=top_p)
+    return dict(neutral, do_sample=False, temperature=None, top_p=None)
 
 
 def split_pixels(enc):

@@ -18,7 +18,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
 
-from nanorevisual.model import ImageOnlyQwen2_5_VLProcessor, chat_template
+from nanorevisual.model import ImageOnlyQwen2_5_VLProcessor, chat_template, set_neutral_generation_config
 
 # Qwen's special tokens; ids 0..6 in the tiny vocabulary. The processor also looks up <|video_pad|>.
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -71,8 +71,7 @@ def build_tiny_stack(seed=0, **config_kwargs):
                                              chat_template=TINY_CHAT_TEMPLATE)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(tiny_config(tok, **config_kwargs))
-    model.generation_config.eos_token_id = tok.convert_tokens_to_ids("<|im_end|>")
-    model.generation_config.pad_token_id = tok.pad_token_id
+    set_neutral_generation_config(model, processor)
     return model, processor
 
 

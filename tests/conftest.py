@@ -35,3 +35,14 @@ def toy_dir(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("toy") / "data")
     make_toy_data(out, num_sft=256, num_mm_train=64, num_mm_val=16)
     return out
+
+
+@pytest.fixture(scope="session")
+def qwen_dir(tmp_path_factory):
+    """The tiny model in a folder laid out like Qwen2.5-VL-7B-Instruct, with its generation_config.json sampling
+    defaults (repetition penalty raised to 1.3) and bf16 shards: what a real --model folder looks like."""
+    from nanorevisual.tiny import build_tiny_stack
+    from qwen_folder import write_qwen_style_folder
+    out = str(tmp_path_factory.mktemp("qwen") / "Qwen2.5-VL-7B-Instruct")
+    write_qwen_style_folder(*build_tiny_stack(), out)
+    return out

@@ -83,7 +83,7 @@ def test_sft_one_vs_two_ranks_and_resume(tmp_path, tiny_dir, toy_dir):
     assert max_weight_diff(os.path.join(two, "final"), os.path.join(resumed, "final")) < 1e-6
 
 
-GRPO = ["--max-new-tokens", "6", "--prompts-per-step", "4", "--group-size", "4", "--rollout-batch-size", "4",
+GRPO = ["--max-new-tokens", "6", "--prompts-per-step", "4", "--group-size", "4", "--generate-batch-seqs", "4",
         "--micro-batch-size", "3", "--lr", "1e-3", "--entropy-coef", "0.05", "--entropy-warmup", "0", "--val-data"]
 
 
@@ -91,14 +91,15 @@ def test_grpo_trl_one_vs_two_ranks_with_an_empty_pad_rank_and_resume(tmp_path, t
     # ratio 1/16 of 16 rollouts: PAD selects exactly one sequence, so one rank trains on nothing and must still
     # run the same forwards (the reference model's and the policy's) as the other, or gloo hangs.
     args = ["--stage", "trl", "--model", tiny_dir, "--data", os.path.join(toy_dir, "text_train.jsonl"),
-            "--max-steps", "2", "--pad", "random", "--pad-ratio", "0.0625", "--save-every", "1", *GRPO]
+            "--max-steps", "3", "--pad", "random", "--pad-ratio", "0.0625", "--save-every", "1", *GRPO]
     one, two, resumed = str(tmp_path / "one"), str(tmp_path / "two"), str(tmp_path / "resumed")
     launch("train_grpo.py", *args, "--out-dir", one, ranks=1)
     launch("train_grpo.py", *args, "--out-dir", two, ranks=2, timeout=180)
-    assert train_records(two, "pad/selected") == {1: 1, 2: 1}
+    assert train_records(two, "pad/selected") == {1: 1, 2: 1, 3: 1}
     assert max_weight_diff(os.path.join(one, "final"), os.path.join(two, "final")) < 1e-5
     kl1, kl2 = train_records(one, "train/kl"), train_records(two, "train/kl")
-    assert kl1[2] > 0 and abs(kl1[2] - kl2[2]) < 1e-6
+    # update 0 has entropy coef 0 (released schedule) and no reward: the policy first moves in step 2
+    assert kl1[3] > 0 and abs(kl1[3] - kl2[3]) < 1e-6
     crash_after(two, resumed, 1)
     assert "at step 1" in launch("train_grpo.py", *args, "--out-dir", resumed, "--resume", "1", ranks=2)
     assert max_weight_diff(os.path.join(two, "final"), os.path.join(resumed, "final")) < 1e-6
@@ -109,7 +110,7 @@ def test_grpo_mrl_one_vs_two_ranks_uneven_selection(tmp_path, tiny_dir, toy_dir)
     # optimizer steps per rollout step, so old log-probs and clipping come into play
     args = ["--stage", "mrl", "--model", tiny_dir, "--data", os.path.join(toy_dir, "mm_train.jsonl"),
             "--max-steps", "1", "--pad", "code", "--pad-t-low", "-1", "--pad-weighting", "uniform",
-            "--mini-batches", "2", *GRPO]
+            "--optim-batch-seqs", "12", *GRPO]
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     launch("train_grpo.py", *args, "--out-dir", one, ranks=1)
     launch("train_grpo.py", *args, "--out-dir", two, ranks=2, timeout=180)
@@ -117,3 +118,19 @@ def test_grpo_mrl_one_vs_two_ranks_uneven_selection(tmp_path, tiny_dir, toy_dir)
     assert abs(train_records(one, "train/grad_norm")[1] - train_records(two, "train/grad_norm")[1]) < 1e-5
     assert abs(train_records(one, "train/ratio_mean")[1] - train_records(two, "train/ratio_mean")[1]) < 1e-6
     assert max_weight_diff(os.path.join(one, "final"), os.path.join(two, "final")) < 1e-5
+
+
+def test_rollouts_on_a_qwen_config_checkpoint_equal_one_process(tmp_path, qwen_dir):
+    """The checkpoint's generation_config.json (repetition penalty 1.3, top-k 1) must not reach any rank's sampling:
+    2 ranks sample what one process samples, and generate's scores equal the sharded log-prob forward."""
+    from dist_rollout_checks import ROLLOUT, prompts
+
+    from nanorevisual.model import load_model_and_processor, vision_token_ids
+    from nanorevisual.rollout import generate_rollouts
+    launch("tests/dist_rollout_checks.py", qwen_dir, str(tmp_path))
+    two = json.load(open(tmp_path / "rollouts.json"))
+    model, processor = load_model_and_processor(qwen_dir)
+    model.eval()
+    one = generate_rollouts(model, processor, prompts(), suppress_ids=vision_token_ids(processor), **ROLLOUT)
+    assert two["ids"] == [s["completion_ids"].tolist() for s in one]
+    assert max(two["worst"]) <= 1e-5, two["worst"]

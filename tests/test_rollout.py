@@ -9,7 +9,8 @@ from PIL import Image
 
 from nanorevisual.data import build_messages, encode_prompts
 from nanorevisual.model import vision_token_ids
-from nanorevisual.rollout import collate_rollouts, completion_logps, generate_rollouts, split_pixels
+from nanorevisual.rollout import (collate_rollouts, completion_length, completion_logps, generate_rollouts,
+                                  split_pixels)
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +92,50 @@ def test_greedy_is_deterministic_and_batch_independent(tiny_stack, mixed_message
     alone = [generate_rollouts(model, processor, [m], micro_batch_size=1, **kw)[0] for m in mixed_messages]
     for a, b in zip(together, alone):
         assert torch.equal(a["completion_ids"], b["completion_ids"])
+
+
+@pytest.fixture(scope="module")
+def qwen_stack(qwen_dir):
+    """A checkpoint whose generation_config.json carries the 7B-Instruct sampling defaults (penalty 1.3)."""
+    from nanorevisual.model import load_model_and_processor
+    return load_model_and_processor(qwen_dir)
+
+
+def test_sampling_ignores_checkpoint_generation_defaults(qwen_stack, mixed_messages):
+    """Rollouts come from softmax(logits / T) with top-p, whatever the checkpoint's repetition penalty and top-k say:
+    generate's own scores equal the log-prob path's (with the penalty sampled, they differ by ~1e-1)."""
+    model, processor = qwen_stack
+    model.eval()
+    suppress = vision_token_ids(processor)
+    seqs = generate_rollouts(model, processor, mixed_messages, group_size=2, max_new_tokens=12, temperature=1.0,
+                             top_p=1.0, micro_batch_size=8, suppress_ids=suppress, seed=4, with_scores=True)
+    batch = collate_rollouts(seqs, processor.tokenizer.pad_token_id)
+    with torch.no_grad():
+        logps = completion_logps(model, batch, temperature=1.0, suppress_ids=suppress)  # (B, T)
+    worst = max((logps[i, :s["num_tokens"]] - s["sample_logps"]).abs().max().item() for i, s in enumerate(seqs))
+    assert worst <= 1e-5, worst
+    # top-k 1 from the folder would make the G samples of a prompt identical
+    assert any(not torch.equal(seqs[2 * i]["completion_ids"], seqs[2 * i + 1]["completion_ids"]) for i in range(4))
+
+
+def test_endoftext_ends_the_completion(qwen_stack, mixed_messages):
+    """<|endoftext|> stops generation and ends the mask, like <|im_end|> (the released code stops on both)."""
+    model, processor = qwen_stack
+    tok = processor.tokenizer
+    endoftext = tok.convert_tokens_to_ids("<|endoftext|>")
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    vocab = model.lm_head.weight.shape[0]
+    for stop in (endoftext, im_end):
+        # every other token suppressed: the first sampled token must be `stop`, and generation must end there
+        only_stop = [i for i in range(vocab) if i != stop]
+        seqs = generate_rollouts(model, processor, mixed_messages, group_size=2, max_new_tokens=6, temperature=1.0,
+                                 micro_batch_size=8, suppress_ids=only_stop, seed=0)
+        for s in seqs:
+            assert s["completion_ids"].tolist() == [stop] and s["num_tokens"] == 1 and not s["truncated"]
+        batch = collate_rollouts(seqs, tok.pad_token_id)
+        assert batch["completion_mask"].sum() == len(seqs)  # the stop token itself is trained on
+    # a stop token sampled mid-sequence: the completion ends at the first of either, nothing after it survives
+    stop_ids = torch.tensor([im_end, endoftext])
+    assert completion_length(torch.tensor([40, 41, endoftext, 42, im_end]), stop_ids) == (3, False)
+    assert completion_length(torch.tensor([40, im_end, endoftext, endoftext]), stop_ids) == (2, False)
+    assert completion_length(torch.tensor([40, 41, 42]), stop_ids) == (3, True)
