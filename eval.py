@@ -10,7 +10,7 @@ nanorevisual.benchmarks.BENCHMARKS, else the file stem labels a project-format f
 completions; the prompt is the training prompt (data.build_messages); grading is benchmarks.grade_item.
 Outputs in --out-dir (accuracy and std in percent):
     predictions.jsonl  a line per (benchmark, id, sample): completion, extracted, answer, correct, num_tokens, truncated
-    results.json       {benchmark: {accuracy, std, items, samples}, ..., "average": {accuracy, items, benchmarks}}
+    results.json       {benchmark: {score, metric, accuracy, std, items, samples}, ..., "average": {score, items, benchmarks}}
     results.md         the table printed at the end, rows in paper Table 2 order, then the other labels
     config.json        the resolved flags; a resume with another model or decoding setting is refused
 Resume: rerun the same command. Predictions are appended and flushed after every generate batch (torchrun: one
@@ -26,7 +26,8 @@ Deviations from the paper's evaluation (paper.md §6):
    samples when sampling (temperature > 0, --meta-samples 1); under greedy decoding they get --samples, as the
    8 samples would be identical.
 3. No LLM answer extractor: only the last \\boxed{} is graded (benchmarks.py deviations 1-2).
-4. DynaMath and WeMath are plain per-question accuracy, not Table 2's worst-case / strict scores (benchmarks.py 6).
+4. DynaMath and WeMath report Table 2's metrics (worst case over the variants; WeMath's strict score, see
+   benchmarks.py deviation 6) as `score`, next to plain per-question accuracy; the average and --compare use score.
 5. HF generate (no lmdeploy / vLLM server) and the training prompt (RL instruction appended) for every benchmark,
    not the released eval's per-benchmark prompts (e.g. MathVision's "provide the correct option letter").
 6. std (not in the paper) is the population std over sample indices j of the accuracy of sample j.
@@ -43,7 +44,7 @@ import torch
 from tqdm import tqdm
 
 from nanorevisual import dist
-from nanorevisual.benchmarks import BENCHMARKS, PAPER_TABLE2, grade_item, load_benchmark
+from nanorevisual.benchmarks import BENCHMARKS, PAPER_TABLE2, grade_item, load_benchmark, paper_metric
 from nanorevisual.common import default_dtype
 from nanorevisual.data import build_messages
 from nanorevisual.dist import print0
@@ -102,13 +103,16 @@ def natural_key(text):
     return [int(t) if i % 2 else t for i, t in enumerate(re.split(r"(\d+)", str(text)))]
 
 
-def summarize(predictions, labels=()):
+def summarize(predictions, labels=(), metas=None, loaders=None):
     """Prediction dicts (benchmark, id, sample, correct) -> results dict, accuracy and std in percent.
 
     accuracy = mean over items of the item's mean over its samples; std = population std over sample indices j of
     the accuracy of sample j (over the items that have a sample j), 0 for one sample; "average" is the unweighted
-    mean over benchmarks (paper Table 2 "Avg").
+    mean over benchmarks (paper Table 2 "Avg") of each benchmark's `score`: the paper's own metric where Table 2
+    uses one (DynaMath worst case, WeMath strict score: benchmarks.paper_metric, computed per sample index and
+    averaged, needs metas {(label, id): record meta} and loaders {label: benchmark}), else the accuracy.
     """
+    metas, loaders = metas or {}, loaders or {}
     by_bench = {}
     for p in predictions:
         by_bench.setdefault(p["benchmark"], {}).setdefault(p["id"], {})[p["sample"]] = float(p["correct"])
@@ -116,25 +120,32 @@ def summarize(predictions, labels=()):
     for b in ordered_labels(labels, by_bench):
         if b not in by_bench:
             continue
-        items = by_bench[b].values()
-        sample_ids = sorted({j for s in items for j in s})
-        per_sample = [statistics.mean(s[j] for s in items if j in s) for j in sample_ids]  # (k,)
-        results[b] = {"accuracy": 100 * statistics.mean(statistics.mean(s.values()) for s in items),
-                      "std": 100 * statistics.pstdev(per_sample), "items": len(items),
-                      "samples": max(len(s) for s in items)}
-    accs = [r["accuracy"] for r in results.values()]
-    results["average"] = {"accuracy": statistics.mean(accs) if accs else 0.0,
-                          "items": sum(r["items"] for r in results.values()), "benchmarks": len(accs)}
+        items = by_bench[b]
+        sample_ids = sorted({j for s in items.values() for j in s})
+        per_sample = [statistics.mean(s[j] for s in items.values() if j in s) for j in sample_ids]  # (k,)
+        accuracy = 100 * statistics.mean(statistics.mean(s.values()) for s in items.values())
+        results[b] = {"accuracy": accuracy, "std": 100 * statistics.pstdev(per_sample), "items": len(items),
+                      "samples": max(len(s) for s in items.values()), "metric": "accuracy", "score": accuracy}
+        paper = [paper_metric(loaders.get(b, b), [(metas.get((b, i), {}), s[j]) for i, s in items.items() if j in s])
+                 for j in sample_ids]
+        if paper[0] is not None:
+            results[b]["metric"] = paper[0][0]
+            results[b]["score"] = 100 * statistics.mean(value for _, value in paper)
+    scores = [r["score"] for r in results.values()]
+    results["average"] = {"score": statistics.mean(scores) if scores else 0.0,
+                          "items": sum(r["items"] for r in results.values()), "benchmarks": len(scores)}
     return results
 
 
 def markdown_table(results):
-    lines = ["| benchmark | accuracy % | ± std | items | samples |", "|---|---:|---:|---:|---:|"]
+    lines = ["| benchmark | score % | metric | accuracy % | ± std | items | samples |",
+             "|---|---:|---|---:|---:|---:|---:|"]
     for b, r in results.items():
         if b != "average":
-            lines.append(f"| {b} | {r['accuracy']:.1f} | ±{r['std']:.1f} | {r['items']} | {r['samples']} |")
+            lines.append(f"| {b} | {r['score']:.1f} | {r['metric']} | {r['accuracy']:.1f} | ±{r['std']:.1f} | "
+                         f"{r['items']} | {r['samples']} |")
     avg = results["average"]
-    lines.append(f"| **average** | {avg['accuracy']:.1f} | | {avg['items']} | |")
+    lines.append(f"| **average** | {avg['score']:.1f} | | | | {avg['items']} | |")
     return "\n".join(lines)
 
 
@@ -144,7 +155,7 @@ def compare_table(results, references):
     names = list(references)
     lines = ["| benchmark | ours | " + " | ".join(f"{n} | Δ" for n in names) + " |",
              "|---|---:|" + "---:|---:|" * len(names)]
-    ours = {b: r["accuracy"] for b, r in results.items() if b != "average"}
+    ours = {b: r["score"] for b, r in results.items() if b != "average"}  # the paper's metric per column
     for b, acc in ours.items():
         cells = [f"{references[n][b]:.1f} | {acc - references[n][b]:+.1f}" if b in references[n] else "- | -"
                  for n in names]
@@ -164,7 +175,8 @@ def load_references(compare):
                 if name in ("ReVisual-R1-7B", "Qwen2.5-VL-7B")}
     with open(compare) as f:
         other = json.load(f)
-    return {compare: {b: r["accuracy"] for b, r in other.items() if b != "average" and isinstance(r, dict)}}
+    return {compare: {b: r.get("score", r.get("accuracy")) for b, r in other.items()
+                      if b != "average" and isinstance(r, dict)}}
 
 
 def prediction_key(p):
@@ -320,7 +332,8 @@ if __name__ == "__main__":
         os.replace(final_path + ".tmp", final_path)  # atomic: a crash here leaves the old files, still resumable
         for path in glob.glob(os.path.join(args.out_dir, "predictions.rank*.jsonl")):
             os.remove(path)
-        results = summarize([merged[k] for k in unit_index], labels)
+        metas = {(r["benchmark"], r["id"]): r.get("meta") or {} for r in records}
+        results = summarize([merged[k] for k in unit_index], labels, metas, {label: name for label, name, _ in specs})
         with open(os.path.join(args.out_dir, "results.json"), "w") as f:
             json.dump(results, f, indent=1)
         table = markdown_table(results)

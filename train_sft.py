@@ -28,10 +28,11 @@ import torch
 from tqdm import tqdm
 
 from nanorevisual import checkpoint, data, dist
-from nanorevisual.common import MetricsLogger, autocast, lr_multiplier, set_seed, truncate_jsonl
+from nanorevisual.common import (MetricsLogger, UserError, autocast, check_flags, lr_multiplier, one_line_errors,
+                                 set_seed, truncate_jsonl)
 from nanorevisual.dist import print0
 from nanorevisual.grpo import token_logps
-from nanorevisual.model import count_params, is_toy_model
+from nanorevisual.model import check_model_path, count_params, is_toy_model
 
 # ----------------------------------------------------------------------------------------------------------------
 # CLI
@@ -43,12 +44,13 @@ parser.add_argument("--val-data", default=None, help="held-out SFT file for the 
 parser.add_argument("--out-dir", default="runs/sft", help="checkpoints and metrics.jsonl go here")
 parser.add_argument("--skip-bad-rows", type=int, default=0, help="1: skip malformed rows (counted) instead of stopping")
 # Optimization (None = the model's preset)
-parser.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimizer steps (-1: epochs)")
+parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps (default: epochs)")
 parser.add_argument("--epochs", type=float, default=None, help="passes over the data (paper: 5)")
 parser.add_argument("--lr", type=float, default=None, help="peak learning rate (paper: 2e-5)")
 parser.add_argument("--min-lr-ratio", type=float, default=None, help="cosine floor as a fraction of --lr")
 parser.add_argument("--warmup-ratio", type=float, default=None, help="warmup steps / total steps (paper: 0.05)")
 parser.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay")
+parser.add_argument("--adam-beta2", type=float, default=None, help="AdamW beta2 (real model: 0.999, toy: 0.95)")
 parser.add_argument("--batch-size", type=int, default=None, help="rows per micro-batch, summed over all ranks")
 parser.add_argument("--grad-accum", type=int, default=None, help="micro-batches per optimizer step")
 parser.add_argument("--max-length", type=int, default=None, help="max tokens per row (paper: 32768)")
@@ -58,25 +60,49 @@ parser.add_argument("--freeze-vision", type=int, default=1, help="1: vision towe
 # Runtime / checkpointing
 parser.add_argument("--seed", type=int, default=0, help="seed for init, data order and dropout")
 parser.add_argument("--resume", type=int, default=0, help="1: continue from the last OUT_DIR/step_* folder")
+parser.add_argument("--overwrite", type=int, default=0, help="1: replace the run already in --out-dir")
 parser.add_argument("--save-every", type=int, default=0, help="save OUT_DIR/step_XXXXXX every N steps (0: only final)")
 parser.add_argument("--eval-every", type=int, default=None, help="held-out loss every N steps")
 parser.add_argument("--log-every", type=int, default=1, help="print a line every N steps")
+one_line_errors(parser)
 args = parser.parse_args()
+args.model = check_model_path(args.model)
 
 TOY = {"epochs": 6, "lr": 2e-3, "min_lr_ratio": 0.1, "warmup_ratio": 0.05, "weight_decay": 0.0, "batch_size": 64,
-       "grad_accum": 1, "max_length": 256, "eval_every": 50}  # shared/toy-recipe.md §3
+       "grad_accum": 1, "max_length": 256, "eval_every": 50, "adam_beta2": 0.95}  # the toy recipe's measured settings
 PAPER = {"epochs": 5, "lr": 2e-5, "min_lr_ratio": 0.0, "warmup_ratio": 0.05, "weight_decay": 0.0, "batch_size": 8,
-         "grad_accum": 16, "max_length": 32768, "eval_every": 200}  # paper.md §5 / Table 5 (128 rows per step)
+         "grad_accum": 16, "max_length": 32768, "eval_every": 200,
+         "adam_beta2": 0.999}  # paper Table 5 (128 rows per step); AdamW betas as LLaMA-Factory's default (0.9, 0.999)
 preset = TOY if is_toy_model(args.model) else PAPER
 for key, value in preset.items():
     if getattr(args, key) is None:
         setattr(args, key, value)
 if args.data is None:
+    if not is_toy_model(args.model):
+        raise UserError("--data is required for a real model (an SFT JSONL/JSON/parquet file)")
     from nanorevisual.toy import ensure_toy_data
     toy_dir = ensure_toy_data()
     args.data = os.path.join(toy_dir, "sft_train.jsonl")
     args.val_data = args.val_data or os.path.join(toy_dir, "sft_val.jsonl")
+check_flags(args, positive=["max_steps", "batch_size", "grad_accum", "max_length", "log_every"],
+            non_negative=["save_every", "eval_every", "weight_decay", "warmup_ratio", "min_lr_ratio"])
+if not args.epochs > 0 or not args.lr > 0:
+    raise UserError(f"--epochs and --lr must be > 0, got {args.epochs} and {args.lr}")
 user_config = vars(args).copy()
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data: read and validate every file before any model loads
+train_rows = data.load_sft_rows(args.data, skip_bad=bool(args.skip_bad_rows))
+val_rows = data.load_sft_rows(args.val_data, skip_bad=bool(args.skip_bad_rows)) if args.val_data else []
+rows_per_step = args.batch_size * args.grad_accum
+steps_per_epoch = len(train_rows) // rows_per_step
+if steps_per_epoch == 0:
+    raise UserError(f"{args.data}: {len(train_rows)} rows, fewer than one step of {rows_per_step} rows "
+                    f"(--batch-size {args.batch_size} x --grad-accum {args.grad_accum})")
+total_steps = args.max_steps or math.ceil(args.epochs * steps_per_epoch)
+warmup_steps = max(1, round(args.warmup_ratio * total_steps))
+resume_dir = checkpoint.prepare_out_dir(args.out_dir, resume=args.resume, overwrite=args.overwrite,
+                                        user_config=user_config)
 
 # ----------------------------------------------------------------------------------------------------------------
 # Compute init
@@ -84,30 +110,21 @@ ddp, rank, local_rank, world_size, device = dist.compute_init()
 master_process = rank == 0
 set_seed(args.seed)
 print0(json.dumps(user_config, indent=1))
-assert args.batch_size % world_size == 0, f"--batch-size {args.batch_size} must divide by world size {world_size}"
-rows_per_step = args.batch_size * args.grad_accum
+if args.batch_size % world_size:
+    raise UserError(f"--batch-size {args.batch_size} must divide by the world size {world_size}")
 local_batch = args.batch_size // world_size
 
 # ----------------------------------------------------------------------------------------------------------------
 # Model, optimizer
-resume_dir = checkpoint.find_last_step(args.out_dir) if args.resume else None
 model_path = resume_dir or args.model
 model, processor = dist.load_policy(model_path, device, ddp, grad_checkpointing=bool(args.grad_checkpointing),
                                     freeze_vision_tower=bool(args.freeze_vision))
 print0(f"model {model_path}: {count_params(model):,} params, {count_params(model, True):,} trainable"
        f"{' (FSDP shards)' if ddp else ''}")
 params = [p for p in model.parameters() if p.requires_grad]
-optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
+optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, args.adam_beta2), weight_decay=args.weight_decay)
 pad_token_id = processor.tokenizer.pad_token_id
 
-# ----------------------------------------------------------------------------------------------------------------
-# Data
-train_rows = data.load_sft_rows(args.data, skip_bad=bool(args.skip_bad_rows))
-val_rows = data.load_sft_rows(args.val_data, skip_bad=bool(args.skip_bad_rows)) if args.val_data else []
-steps_per_epoch = len(train_rows) // rows_per_step
-assert steps_per_epoch > 0, f"{args.data}: {len(train_rows)} rows < {rows_per_step} rows per step"
-total_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.epochs * steps_per_epoch)
-warmup_steps = max(1, round(args.warmup_ratio * total_steps))
 scheduler = torch.optim.lr_scheduler.LambdaLR(
     optimizer, lambda s: lr_multiplier(s, total_steps, warmup_steps, args.min_lr_ratio))
 print0(f"{len(train_rows)} train rows, {len(val_rows)} val rows | {rows_per_step} rows/step "
@@ -116,10 +133,8 @@ print0(f"{len(train_rows)} train rows, {len(val_rows)} val rows | {rows_per_step
 
 
 def step_rows(step):
-    """The rows of optimizer step `step`: a seeded permutation per epoch, so resume needs only the step."""
-    epoch, offset = divmod(step, steps_per_epoch)
-    order = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(args.seed * 1000 + epoch))
-    idx = order[offset * rows_per_step:(offset + 1) * rows_per_step].tolist()
+    """This rank's rows of optimizer step `step`, per micro-batch (the seeded data order of data.step_indices)."""
+    idx = data.step_indices(len(train_rows), rows_per_step, step, args.seed)
     micro = [idx[m * args.batch_size:(m + 1) * args.batch_size] for m in range(args.grad_accum)]
     return [[train_rows[i] for i in m[rank * local_batch:(rank + 1) * local_batch]] for m in micro]
 
@@ -128,7 +143,7 @@ def encode(rows):
     encoded = [data.encode_sft_row(processor, r["messages"], args.max_length) for r in rows]
     kept = [e for e in encoded if e is not None]
     if not kept:
-        raise data.DataError(f"{rows[0]['where']}: every row of this micro-batch has a prompt longer than "
+        raise UserError(f"{rows[0]['where']}: every row of this micro-batch has a prompt longer than "
                              f"--max-length {args.max_length}")
     return data.collate_sft(kept, pad_token_id), len(encoded) - len(kept)
 
@@ -171,8 +186,8 @@ if resume_dir:
     checkpoint.set_rng_state(extra["rng"])
     start_step = extra["step"]
     print0(f"resumed from {resume_dir} at step {start_step}")
-    if master_process:
-        truncate_jsonl(os.path.join(args.out_dir, "metrics.jsonl"), start_step)
+if args.resume and master_process:  # drop what was logged after the checkpoint (everything, without one)
+    truncate_jsonl(os.path.join(args.out_dir, "metrics.jsonl"), start_step)
 metrics = MetricsLogger(args.out_dir, enabled=master_process)
 
 

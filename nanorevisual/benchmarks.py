@@ -36,9 +36,10 @@ are resolved against the file's folder, then its `images/` subfolder; parquet ex
                 from the dataset card.
     mathvista   AI4Math/MathVista, split `testmini` (1000 rows): data/testmini-*.parquet, or annot_testmini.json
                 (a dict keyed by pid) + images/. Fields confirmed from the dataset card.
-    dynamath    DynaMath/DynaMath_Sample, the ten splits sample_variant1..10 (501 seed questions each): one file
-                per variant; the variant number is read from a `variant` field, else from the file name
-                ("sample_variant3..."), else from how often the seed id has repeated. Fields (id, question,
+    dynamath    DynaMath/DynaMath_Sample, the ten splits sample_variant1..10 (501 seed questions each): the
+                downloaded folder (every sample_variant<k> file in it, e.g. data/sample_variant3-*.parquet) or
+                one file per variant; the variant number is read from a `variant` field, else from the file name,
+                else from how often the seed id has repeated. Fields (id, question,
                 image, decoded_image, ground_truth, answer_type, subject, knowledge_level) confirmed from the card.
     wemath      We-Math/We-Math, testmini: testmini.json (+ its images) or a parquet export. Fields (ID, split,
                 knowledge concept, question, option, answer, image_path, key, question number) confirmed from
@@ -69,8 +70,12 @@ Deviations from the paper / released eval (CSfufu/Revisual-R1 eval/src, paper.md
    meta["n_samples"] = 8 tells eval.py how many samples to average.
 5. MathVista: choices become lettered options and are graded by letter; free-form floats are rounded to
    meta["precision"] before comparing; the official "Hint: ..." query prompt is not used (the unit is kept).
-6. Table 2's DynaMath and WeMath columns are probably aggregate metrics (worst case over the 10 variants;
-   WeMath's strict score) [infer]. They are not computed here; meta keeps seed_id/variant and ID/key for that.
+6. Table 2's DynaMath and WeMath columns are not plain accuracy. DynaMath: the worst case over its 10 variants
+   (a seed question counts only if every variant is right), the metric DynaMath itself headlines. WeMath: the
+   strict score of its four-dimensional metric over the 525 composite testmini problems (`wemath_scores`). The
+   paper does not name either; the column's values fit them (GPT-4o 34.5 on DynaMath is far below its average-case
+   accuracy, and every WeMath value sits in the range of strict scores, loose ones run higher). eval.py reports
+   both next to plain accuracy and compares the paper metric with Table 2.
 7. MathVerse uses `query_cot` as the question, as the released eval does; "Vision Only" rows have their
    choices in the image, so their options are {} and any letter is accepted by `extract_choice`.
 8. LogicVista answers can name several options ("A, C"); gold and prediction are both normalised to the
@@ -560,11 +565,37 @@ def _read_rows(path):
     return [(f"row {i}", row) for i, row in enumerate(data, start=1)]
 
 
+READABLE = (".json", ".jsonl", ".csv", ".parquet")
+
+
+def variant_files(folder):
+    """The DynaMath release as downloaded: every sample_variant<k> file under `folder` (the HF export keeps one
+    parquet per variant in data/), ordered by k. [(k, path)]."""
+    found = []
+    for root, _, files in os.walk(folder):
+        for f in files:
+            m = re.search(r"variant_?(\d+)", f)
+            if m and f.lower().endswith(READABLE):
+                found.append((int(m.group(1)), os.path.join(root, f)))
+    return sorted(found)
+
+
 def load_benchmark(name, path, *, limit=None):
     """Read a benchmark's release file and map every row to an eval record (see the module docstring).
 
-    Bad input raises a one-line ValueError naming the file, the row or line (both counted from 1) and the field.
+    DynaMath also takes the release folder (every variant file in it). Bad input raises a one-line ValueError
+    naming the file, the row or line (both counted from 1) and the field. `limit` counts rows per file (for a
+    DynaMath folder: seed questions, so every variant of the kept seeds stays).
     """
+    if os.path.isdir(path):
+        if name != "dynamath":
+            raise ValueError(f"{path}: is a folder; {name} reads one file (see nanorevisual/benchmarks.py)")
+        files = variant_files(path)
+        if not files:
+            raise ValueError(f"{path}: no sample_variant<k> file ({'/'.join(READABLE)}) in this DynaMath folder")
+        return [r for _, f in files for r in load_benchmark(name, f, limit=limit)]
+    if not os.path.exists(path):
+        raise ValueError(f"{path}: file not found")
     if name != "jsonl" and name not in ADAPTERS:
         raise ValueError(f"unknown benchmark {name!r}: expected one of {BENCHMARKS} or 'jsonl'")
     fname, base_dir = os.path.basename(path), os.path.dirname(os.path.abspath(path))
@@ -658,6 +689,66 @@ def _to_float(text):
     except ValueError:
         return None
     return value if math.isfinite(value) else None
+
+
+# -----------------------------------------------------------------------------
+# the paper's metrics for DynaMath and WeMath (Table 2 columns)
+
+
+def dynamath_worst_case(items):
+    """DynaMath's worst-case accuracy: the share of seed questions answered right in every variant.
+
+    items: [(record meta, correct)] for one sample index; returns a fraction (DynaMath README: "the percentage of
+    correctly answered seed questions across all variations")."""
+    by_seed = {}
+    for meta, correct in items:
+        by_seed.setdefault(meta["seed_id"], []).append(correct)
+    return sum(all(v) for v in by_seed.values()) / max(len(by_seed), 1)
+
+
+WEMATH_STEPS = (2, 3)
+
+
+def wemath_scores(items):
+    """We-Math's four-dimensional scores over its composite problems (evaluation/four_dimensional_metrics.py).
+
+    items: [(record meta, correct)] for one sample index, meta carrying ID (the composite problem) and key
+    ("2steps_1", "2steps_multi", ...). For each 2- or 3-step problem with all its parts present:
+        IK  some one-step part wrong, composite wrong        IG  every part right, composite wrong
+        CM  composite right and every part right (strict) / at least one part right (loose)
+        RM  composite right and some part wrong (strict) / every part wrong (loose)
+    score = (n - 0.5 IG - RM - IK) / n with n composite problems (525 in testmini); strict and loose differ in RM.
+    Returns {"strict", "loose", "IK", "IG", "CM_strict", "CM_loose", "RM_strict", "RM_loose", "problems"}."""
+    parts = {}
+    for meta, correct in items:
+        key = str(meta.get("key") or "")
+        m = re.fullmatch(r"(\d)steps_(\d|multi)", key)
+        if m and int(m.group(1)) in WEMATH_STEPS:
+            parts.setdefault((int(m.group(1)), str(meta.get("ID"))), {})[m.group(2)] = bool(correct)
+    counts = dict.fromkeys(("IK", "IG", "CM_strict", "CM_loose", "RM_strict", "RM_loose"), 0)
+    n = 0
+    for (steps, _), got in parts.items():
+        if set(got) != {str(i) for i in range(1, steps + 1)} | {"multi"}:
+            continue  # an incomplete problem (e.g. --limit): the official script drops it in its merge too
+        n += 1
+        singles = [got[str(i)] for i in range(1, steps + 1)]
+        if not got["multi"]:
+            counts["IG" if all(singles) else "IK"] += 1
+        else:
+            counts["CM_strict" if all(singles) else "RM_strict"] += 1
+            counts["RM_loose" if not any(singles) else "CM_loose"] += 1
+    base = n - 0.5 * counts["IG"] - counts["IK"]
+    return {"strict": (base - counts["RM_strict"]) / n if n else 0.0,
+            "loose": (base - counts["RM_loose"]) / n if n else 0.0, **counts, "problems": n}
+
+
+def paper_metric(benchmark, items):
+    """(name, value in [0, 1]) of the metric paper Table 2 reports for `benchmark`, or None for plain accuracy."""
+    if benchmark == "dynamath":
+        return "worst-case", dynamath_worst_case(items)
+    if benchmark == "wemath":
+        return "strict score", wemath_scores(items)["strict"]
+    return None
 
 
 def grade_item(completion, record):

@@ -436,3 +436,86 @@ def test_grade_item_free_form():
     # DynaMath floats: |pred - gold| <= 1e-3
     assert grade_item("\\boxed{2.0940}", _free_record("2.0944", tolerance=1e-3)) == ("2.0940", True)
     assert grade_item("\\boxed{2.09}", _free_record("2.0944", tolerance=1e-3)) == ("2.09", False)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the paper's metrics: DynaMath worst case over variants, WeMath strict / loose scores
+
+
+def reference_worst_case(correct_by_variant):
+    """Slow reference: {seed: [correct in variant 1, 2, ...]} -> share of seeds right in every variant."""
+    right = 0
+    for answers in correct_by_variant.values():
+        ok = True
+        for a in answers:
+            ok = ok and a
+        right += ok
+    return right / len(correct_by_variant)
+
+
+def test_dynamath_folder_and_worst_case(tmp_path):
+    """The release folder as downloaded (data/sample_variant<k>-*.jsonl here) loads every variant; worst case
+    counts a seed only when all its variants are right."""
+    from nanorevisual.benchmarks import dynamath_worst_case, paper_metric
+    folder = tmp_path / "DynaMath" / "data"
+    _png(folder / "q.png", (40, 40))
+    for k in (1, 2, 3):
+        rows = [{"id": str(seed), "question": f"What is {seed}+{k}?", "image": "q.png", "ground_truth": str(seed + k),
+                 "answer_type": "free form"} for seed in (1, 2, 3, 4)]
+        _write_jsonl(folder / f"sample_variant{k}-00000-of-00001.jsonl", rows)
+    (folder / "README.md").write_text("not a variant")
+    records = load_benchmark("dynamath", str(tmp_path / "DynaMath"))
+    assert len(records) == 12 and {r["meta"]["variant"] for r in records} == {1, 2, 3}
+    assert records[0]["id"] == "dynamath-1-v1" and records[-1]["id"] == "dynamath-4-v3"
+    assert len(load_benchmark("dynamath", str(tmp_path / "DynaMath"), limit=2)) == 6  # 2 seeds x 3 variants
+    wrong = {("1", 2), ("3", 1), ("3", 3)}  # (seed, variant) answered wrong
+    items = [(r["meta"], (r["meta"]["seed_id"], r["meta"]["variant"]) not in wrong) for r in records]
+    by_seed = {}
+    for meta, ok in items:
+        by_seed.setdefault(meta["seed_id"], []).append(ok)
+    assert dynamath_worst_case(items) == reference_worst_case(by_seed) == 0.5
+    assert paper_metric("dynamath", items) == ("worst-case", 0.5)
+    with pytest.raises(ValueError, match="is a folder"):
+        load_benchmark("mathvista", str(tmp_path / "DynaMath"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no sample_variant"):
+        load_benchmark("dynamath", str(empty))
+
+
+def reference_wemath(parts):
+    """Slow reference of We-Math's four_dimensional_metrics.py: parts {problem: (singles list, multi bool)}."""
+    ik = ig = rm_strict = rm_loose = 0
+    for singles, multi in parts.values():
+        if not multi and all(singles):
+            ig += 1
+        if not multi and not all(singles):
+            ik += 1
+        if multi and not all(singles):
+            rm_strict += 1
+        if multi and not any(singles):
+            rm_loose += 1
+    n = len(parts)
+    return (n - 0.5 * ig - rm_strict - ik) / n, (n - 0.5 * ig - rm_loose - ik) / n
+
+
+def test_wemath_strict_and_loose_scores():
+    from nanorevisual.benchmarks import paper_metric, wemath_scores
+    parts = {  # every category: CM (strict and loose), IG, IK, RM strict only, RM loose, and a 3-step problem
+        "2steps_1": ([True, True], True), "2steps_2": ([True, True], False), "2steps_3": ([False, True], False),
+        "2steps_4": ([True, False], True), "2steps_5": ([False, False], True),
+        "3steps_1": ([True, True, False], True), "3steps_2": ([True, True, True], False)}
+    items = []
+    for pid, (singles, multi) in parts.items():
+        steps = int(pid[0])
+        items += [({"ID": pid, "key": f"{steps}steps_{i + 1}"}, ok) for i, ok in enumerate(singles)]
+        items.append(({"ID": pid, "key": f"{steps}steps_multi"}, multi))
+    items.append(({"ID": "2steps_9", "key": "2steps_1"}, True))  # incomplete problem (e.g. --limit): not counted
+    scores = wemath_scores(items)
+    strict, loose = reference_wemath(parts)
+    assert scores["problems"] == 7
+    assert scores["strict"] == pytest.approx(strict) and scores["loose"] == pytest.approx(loose)
+    assert (scores["IG"], scores["IK"], scores["RM_strict"], scores["RM_loose"]) == (2, 1, 3, 1)
+    assert scores["loose"] > scores["strict"]
+    assert paper_metric("wemath", items) == ("strict score", pytest.approx(strict))
+    assert paper_metric("mathvista", items) is None

@@ -54,12 +54,26 @@ def test_summarize_k3_accuracy_and_std():
     assert toy["accuracy"] == pytest.approx(50.0)
     assert toy["std"] == pytest.approx(100 * math.sqrt(((0.5 - 0.5) ** 2 + 0.5 ** 2 + 0.5 ** 2) / 3))  # 40.82
     assert (toy["items"], toy["samples"]) == (2, 3)
-    assert results["mathvista"] == {"accuracy": 100.0, "std": 0.0, "items": 1, "samples": 1}
-    assert results["average"] == {"accuracy": pytest.approx(75.0), "items": 3, "benchmarks": 2}
+    assert results["mathvista"] == {"accuracy": 100.0, "std": 0.0, "items": 1, "samples": 1, "metric": "accuracy",
+                                    "score": 100.0}
+    assert results["average"] == {"score": pytest.approx(75.0), "items": 3, "benchmarks": 2}
     table = ev.markdown_table(results)
-    assert "| toy | 50.0 | ±40.8 | 2 | 3 |" in table and "| **average** | 75.0 |" in table
+    assert "| toy | 50.0 | accuracy | 50.0 | ±40.8 | 2 | 3 |" in table and "| **average** | 75.0 |" in table
     diff = ev.compare_table(results, {"other": {"toy": 40.0}})
     assert "| toy | 50.0 | 40.0 | +10.0 |" in diff and "| mathvista | 100.0 | - | - |" in diff
+
+
+def test_summarize_uses_the_paper_metric_per_sample():
+    """DynaMath: worst case over variants, per sample index, then averaged; it feeds the average and --compare."""
+    correct = {("1", 1): [1, 1], ("1", 2): [1, 0], ("2", 1): [0, 1], ("2", 2): [0, 1]}  # (seed, variant): samples
+    preds = [{"benchmark": "dyn", "id": f"d{seed}v{v}", "sample": j, "correct": bool(c)}
+             for (seed, v), cs in correct.items() for j, c in enumerate(cs)]
+    metas = {("dyn", f"d{seed}v{v}"): {"seed_id": seed, "variant": v} for seed, v in correct}
+    results = ev.summarize(preds, ["dyn"], metas, {"dyn": "dynamath"})
+    # sample 0: seed 1 right in v1 and v2 -> 1/2 seeds; sample 1: only seed 2 -> 1/2; average-case 5/8
+    assert results["dyn"]["metric"] == "worst-case" and results["dyn"]["score"] == pytest.approx(50.0)
+    assert results["dyn"]["accuracy"] == pytest.approx(62.5) and results["average"]["score"] == pytest.approx(50.0)
+    assert "| dyn | 50.0 | 40.0 | +10.0 |" in ev.compare_table(results, {"other": {"dyn": 40.0}})
 
 
 def test_parse_data_spec():
@@ -178,3 +192,22 @@ def test_torchrun_resume_from_rank_files(first_run, tiny_dir, mixed_file, tmp_pa
     preds = read_jsonl(os.path.join(ddp_dir, "predictions.jsonl"))
     assert keys(preds) == keys(read_jsonl(os.path.join(out_dir, "predictions.jsonl")))  # same order, each once
     assert preds[:14] == [json.loads(line) for line in lines[:14]]
+
+
+def test_dynamath_folder_end_to_end(tmp_path, tiny_dir):
+    """`dynamath=DIR/` reads every variant file of the downloaded folder and reports worst case beside accuracy."""
+    data = tmp_path / "DynaMath" / "data"
+    os.makedirs(data)
+    Image.new("RGB", (56, 56), (200, 30, 30)).save(data / "q.png")
+    for k in (1, 2):
+        rows = [{"id": str(seed), "question": f"What is {seed}+{k}?", "image": "q.png",
+                 "ground_truth": str(seed + k), "answer_type": "free form"} for seed in range(5)]
+        (data / f"sample_variant{k}-00000-of-00001.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out_dir = str(tmp_path / "out")
+    out = run_eval("--model", tiny_dir, "--data", f"dynamath={tmp_path / 'DynaMath'}/", "--out-dir", out_dir,
+                   "--max-new-tokens", "6", "--compare", "paper")
+    assert "dynamath: 10 items" in out.stdout
+    results = json.load(open(os.path.join(out_dir, "results.json")))
+    dyn = results["dynamath"]
+    assert dyn["items"] == 10 and dyn["metric"] == "worst-case" and dyn["score"] <= dyn["accuracy"]
+    assert "| dynamath |" in out.stdout and "worst-case" in open(os.path.join(out_dir, "results.md")).read()
