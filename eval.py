@@ -45,10 +45,10 @@ from tqdm import tqdm
 
 from nanorevisual import dist
 from nanorevisual.benchmarks import BENCHMARKS, PAPER_TABLE2, grade_item, load_benchmark, paper_metric
-from nanorevisual.common import default_dtype
+from nanorevisual.common import UserError, check_flags, default_dtype, one_line_errors
 from nanorevisual.data import build_messages
 from nanorevisual.dist import print0
-from nanorevisual.model import is_toy_model
+from nanorevisual.model import check_model_path, is_toy_model
 
 # ----------------------------------------------------------------------------------------------------------------
 # CLI (parsed in the script section below, so tests can import the pure functions)
@@ -81,7 +81,8 @@ GENERATION_KEYS = ("model", "temperature", "top_p", "max_new_tokens", "min_pixel
 
 
 def parse_data_spec(spec):
-    """'NAME=PATH' or 'PATH' -> (label, loader name, path); the loader name is a benchmark or 'jsonl'."""
+    """'NAME=PATH' or 'PATH' -> (label, loader name, path); the loader name is a benchmark or 'jsonl'.
+    A NAME that is not a benchmark labels a file in the project's own format (checked when it is read)."""
     label, path = spec.split("=", 1) if "=" in spec and not os.path.exists(spec) else (None, spec)
     if label is None:  # innermost path part naming a benchmark ("MathVista/testmini.parquet"), else the file stem
         parts = [re.sub(r"[^a-z0-9]", "", p.lower()) for p in reversed(os.path.normpath(path).split(os.sep))]
@@ -200,6 +201,22 @@ def read_predictions(paths):
     return done
 
 
+def regrade(done, records):
+    """Grade every stored completion again against the current items (grading is cheap): a gold answer, option or
+    grader that changed since the predictions were written must not leave a stale score. Returns how many changed."""
+    by_key = {(r["benchmark"], str(r["id"])): r for r in records}
+    changed = 0
+    for key, p in done.items():
+        record = by_key.get(key[:2])
+        if record is None:
+            continue
+        extracted, correct = grade_item(p["completion"], record)
+        if (p.get("answer"), p.get("correct")) != (record["answer"], bool(correct)):
+            changed += 1
+        p.update(extracted=extracted, answer=record["answer"], correct=bool(correct))
+    return changed
+
+
 def prediction_files(out_dir):
     main = os.path.join(out_dir, "predictions.jsonl")
     ranks = sorted(glob.glob(os.path.join(out_dir, "predictions.rank*.jsonl")))
@@ -218,7 +235,13 @@ def open_append(path):
 
 # ----------------------------------------------------------------------------------------------------------------
 if __name__ == "__main__":
+    one_line_errors(parser)
     args = parser.parse_args()
+    args.model = check_model_path(args.model)
+    check_flags(args, positive=["samples", "batch_size", "max_new_tokens"],
+                non_negative=["limit", "min_pixels", "max_pixels", "meta_samples"])
+    if args.temperature < 0 or not 0 < args.top_p <= 1:
+        raise UserError(f"--temperature must be >= 0 and --top-p in (0, 1], got {args.temperature} and {args.top_p}")
     tiny = is_toy_model(args.model)
     if args.max_new_tokens is None:
         args.max_new_tokens = 32 if tiny else 8192
@@ -232,7 +255,7 @@ if __name__ == "__main__":
     specs = [parse_data_spec(s) for s in args.data]
     labels = [label for label, _, _ in specs]
     if len(set(labels)) != len(labels):
-        raise SystemExit(f"two --data entries share a label: {labels}; name them with LABEL=PATH")
+        raise UserError(f"two --data entries share a label: {labels}; name them with LABEL=PATH")
     user_config = vars(args).copy()
 
     # ------------------------------------------------------------------------------------------------------------
@@ -247,14 +270,21 @@ if __name__ == "__main__":
             old = json.load(f)
         changed = {k: (old.get(k), user_config[k]) for k in GENERATION_KEYS if old.get(k) != user_config[k]}
         if changed:
-            raise SystemExit(f"{args.out_dir} holds predictions made with other settings {changed} (old, new): "
-                             "pass a new --out-dir or delete it")
+            raise UserError(f"{args.out_dir} holds predictions made with other settings {changed} (old, new): "
+                            "pass a new --out-dir or delete it")
 
     # ------------------------------------------------------------------------------------------------------------
     # Data: records, the (item, sample) units, and which are already done
     records = []
     for label, name, path in specs:
-        recs = load_benchmark(name, path, limit=args.limit or None)
+        try:
+            recs = load_benchmark(name, path, limit=args.limit or None)
+        except ValueError as e:  # one line naming the file, row and field
+            hint = "" if name != "jsonl" else (f" ('{label}' is not one of {', '.join(BENCHMARKS)}: a custom label "
+                                               "reads the project's format: problem, answer, images)")
+            raise UserError(f"{e}{hint}") from None
+        if not recs:
+            raise UserError(f"--data {label}={path}: no items in the file")
         for r in recs:
             r["benchmark"] = label  # the --data label names the results row
         records += recs
@@ -267,6 +297,8 @@ if __name__ == "__main__":
     wanted = [(r, j) for r in records for j in range(num_samples(r))]  # every (item, sample), in file order
     unit_index = {(r["benchmark"], r["id"], j): i for i, (r, j) in enumerate(wanted)}
     done = read_predictions(prediction_files(args.out_dir))
+    if done:
+        print0(f"re-graded the {len(done)} stored predictions: {regrade(done, records)} changed")
     dist.barrier()  # every rank has read the files before anyone appends to them
     if master_process:
         with open(config_path, "w") as f:

@@ -493,8 +493,16 @@ def adapt_jsonl(row, index, base_dir, benchmark="jsonl"):
     image dicts / bytes), and the number of "<image>" markers in problem must be 0 or len(images); kind
     (default "choice" if options else "free"); options (default {}); meta (default {}).
     """
-    problem, answer = str(_field(row, "problem")), str(_field(row, "answer")).strip()
-    images = [_load_image(v, base_dir, "images") for v in (row.get("images") or [])]
+    problem, answer = _field(row, "problem"), _field(row, "answer")
+    if not isinstance(problem, str):
+        raise ValueError(f"field 'problem': must be a string, got {type(problem).__name__}")
+    if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
+        raise ValueError(f"field 'answer': must be a string or a number, got {type(answer).__name__}")
+    answer = str(answer).strip()
+    images = row.get("images") or []
+    if not isinstance(images, list):
+        raise ValueError(f"field 'images': must be a list of paths or images, got {type(images).__name__}")
+    images = [_load_image(v, base_dir, "images") for v in images]
     if problem.count("<image>") not in (0, len(images)):
         raise ValueError(f"field 'images': {len(images)} images for {problem.count('<image>')} <image> markers")
     options = {str(k): str(v) for k, v in (row.get("options") or {}).items()}
@@ -525,44 +533,45 @@ def _read_parquet(path):
         import pyarrow.parquet as pq
     except ImportError as e:
         raise ImportError("reading parquet needs pyarrow: pip install pyarrow") from e
-    return [(f"row {i}", row) for i, row in enumerate(pq.read_table(path).to_pylist(), start=1)]
+    return list(enumerate(pq.read_table(path).to_pylist(), start=1))
 
 
-def _read_jsonl(text, fname):
+def _read_jsonl(text, path):
     rows = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            rows.append((f"line {lineno}", json.loads(line)))
+            rows.append((lineno, json.loads(line)))
         except json.JSONDecodeError as e:
-            raise ValueError(f"{fname} line {lineno}: invalid JSON ({e.msg})") from e
+            raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from e
     return rows
 
 
 def _read_rows(path):
-    """(where, row) pairs from a .json (list, or dict of rows keyed by id), .jsonl, .csv or .parquet file."""
-    fname, ext = os.path.basename(path), os.path.splitext(path)[1].lower()
+    """(line or row number, row) pairs from a .json (list, or dict of rows keyed by id), .jsonl, .csv or .parquet
+    file; numbers count from 1 (JSON lines: the line; JSON lists, CSV and parquet: the row)."""
+    ext = os.path.splitext(path)[1].lower()
     if ext == ".parquet":
         return _read_parquet(path)
     if ext == ".csv":
         with open(path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: tolerate a byte-order mark
-            return [(f"row {i}", dict(row)) for i, row in enumerate(csv.DictReader(f), start=1)]
+            return [(i, dict(row)) for i, row in enumerate(csv.DictReader(f), start=1)]
     with open(path, encoding="utf-8-sig") as f:
         text = f.read()
     if ext == ".jsonl":
-        return _read_jsonl(text, fname)
+        return _read_jsonl(text, path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         if "Extra data" in e.msg:  # a .json file holding JSON lines
-            return _read_jsonl(text, fname)
-        raise ValueError(f"{fname}: invalid JSON ({e.msg} at line {e.lineno})") from e
+            return _read_jsonl(text, path)
+        raise ValueError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from e
     if isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
-        return [(f"row {i} ({key})", {"_key": key, **value}) for i, (key, value) in enumerate(data.items(), start=1)]
+        return [(i, {"_key": key, **value}) for i, (key, value) in enumerate(data.items(), start=1)]
     if not isinstance(data, list):
-        raise ValueError(f"{fname}: expected a JSON list of rows or a dict of rows keyed by id")
-    return [(f"row {i}", row) for i, row in enumerate(data, start=1)]
+        raise ValueError(f"{path}:1: expected a JSON list of rows or a dict of rows keyed by id")
+    return list(enumerate(data, start=1))
 
 
 READABLE = (".json", ".jsonl", ".csv", ".parquet")
@@ -599,6 +608,8 @@ def load_benchmark(name, path, *, limit=None):
     if name != "jsonl" and name not in ADAPTERS:
         raise ValueError(f"unknown benchmark {name!r}: expected one of {BENCHMARKS} or 'jsonl'")
     fname, base_dir = os.path.basename(path), os.path.dirname(os.path.abspath(path))
+    if not path.lower().endswith(READABLE):
+        raise ValueError(f"{path}: unsupported file type (expected {', '.join(READABLE)})")
     rows = _read_rows(path)[:limit]
     file_variant = re.search(r"(?:variant|sample)_?(\d+)", fname) if name == "dynamath" else None
     records, seen, seed_counts = [], {}, {}
@@ -617,11 +628,11 @@ def load_benchmark(name, path, *, limit=None):
                     row = {**row, "variant": int(file_variant.group(1)) if file_variant else seed_counts[seed]}
                 record = ADAPTERS[name](row, index, base_dir)
             if record["id"] in seen:
-                raise ValueError(f"field 'id': duplicate id {record['id']!r} (first at {seen[record['id']]})")
+                raise ValueError(f"field 'id': duplicate id {record['id']!r} (first at row {seen[record['id']]})")
             seen[record["id"]] = where
         except (ValueError, TypeError, AttributeError) as e:  # malformed values, e.g. a string where a list belongs
             message = " ".join(str(e).split())  # one line
-            raise ValueError(f"{fname} {where}: {message}") from e
+            raise ValueError(f"{path}:{where}: {message}") from e
         records.append(record)
     return records
 

@@ -316,31 +316,31 @@ def _error(name, path):
     with pytest.raises(ValueError) as info:
         load_benchmark(name, path)
     message = str(info.value)
-    assert "\n" not in message
-    return message
+    assert "\n" not in message and message.startswith(str(path))
+    return message[len(os.path.dirname(str(path))) + 1:]  # FILE:LINE: ... with the folder stripped
 
 
 def test_bad_rows_give_one_line_errors_naming_file_row_and_field(tmp_path):
     good = {"pid": "1", "question": "q", "image": "images/1.jpg", "answer": "2", "question_type": "free_form"}
     _png(tmp_path / "images" / "1.jpg", (4, 4))
     path = _write_json(tmp_path / "mathvista.json", [good, {k: v for k, v in good.items() if k != "answer"}])
-    assert _error("mathvista", path) == "mathvista.json row 2: missing field 'answer'"
+    assert _error("mathvista", path) == "mathvista.json:2: missing field 'answer'"
     path = _write_json(tmp_path / "mathvista.json", [{**good, "image": "images/nope.jpg"}])
     message = _error("mathvista", path)
-    assert message.startswith("mathvista.json row 1: field 'image': image file not found: images/nope.jpg")
+    assert message.startswith("mathvista.json:1: field 'image': image file not found: images/nope.jpg")
     path = _write_json(tmp_path / "mathvista.json", [{**good, "question_type": "multi_choice", "choices": ["1", "3"]}])
-    assert _error("mathvista", path) == "mathvista.json row 1: field 'answer': '2' is not one of 'choices'"
+    assert _error("mathvista", path) == "mathvista.json:1: field 'answer': '2' is not one of 'choices'"
     path = _write_json(tmp_path / "mathvista.json", [good, good])
-    assert _error("mathvista", path) == ("mathvista.json row 2: field 'id': duplicate id 'mathvista-1' "
+    assert _error("mathvista", path) == ("mathvista.json:2: field 'id': duplicate id 'mathvista-1' "
                                          "(first at row 1)")
     path = tmp_path / "aime.jsonl"
     path.write_text('{"problem": "p", "answer": "1"}\n{"problem": oops}\n')
-    assert _error("aime24", str(path)).startswith("aime.jsonl line 2: invalid JSON")
+    assert _error("aime24", str(path)).startswith("aime.jsonl:2: invalid JSON")
     path = _write_jsonl(tmp_path / "aime.jsonl", [{"problem": "p", "answer": "12.5"}])
-    assert _error("aime24", path) == "aime.jsonl line 1: field 'answer': AIME answers are integers, got '12.5'"
+    assert _error("aime24", path) == "aime.jsonl:1: field 'answer': AIME answers are integers, got '12.5'"
     path = _write_jsonl(tmp_path / "own.jsonl", [{"id": "x", "problem": "<image><image>two?", "answer": "1",
                                                   "images": ["images/1.jpg"]}])
-    assert _error("jsonl", path) == "own.jsonl line 1: field 'images': 1 images for 2 <image> markers"
+    assert _error("jsonl", path) == "own.jsonl:1: field 'images': 1 images for 2 <image> markers"
     with pytest.raises(ValueError, match="unknown benchmark 'mmmu'"):
         load_benchmark("mmmu", path)
 
@@ -349,7 +349,7 @@ def test_malformed_values_are_reported_as_value_errors(tmp_path):
     _png(tmp_path / "images" / "1.jpg", (4, 4))
     row = {"id": "1", "question": "q", "options": 5, "image": "images/1.jpg", "answer": "A"}
     message = _error("mathvision", _write_jsonl(tmp_path / "test.jsonl", [row]))
-    assert message.startswith("test.jsonl line 1: ") and "int" in message
+    assert message.startswith("test.jsonl:1: ") and "int" in message
 
 
 def test_missing_pyarrow_gives_install_hint(tmp_path, monkeypatch):
