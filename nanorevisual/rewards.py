@@ -49,7 +49,8 @@ MAX_ANSWER_CHARS = 1000  # longer answers grade False unparsed: all grading work
 MAX_EXPR_CHARS = 200  # the expression evaluator refuses longer strings
 MAX_EXPR_DEPTH = 50  # nesting limit of the evaluator, far below Python's recursion limit
 MAX_ITEMS = 32  # longest tuple / list compared element by element (unordered matching is quadratic)
-REL_TOL, ABS_TOL = 1e-4, 1e-8
+REL_TOL = 1e-4
+ZERO_TOL = 1e-12  # |x| below this equals an exact 0 (float noise such as sin(pi)); nonzero pairs compare relatively
 
 # -----------------------------------------------------------------------------
 # Extraction
@@ -381,6 +382,13 @@ def _match_unordered(xs: list[str], ys: list[str], depth: int) -> bool:
     return True
 
 
+def _close(x: float, y: float) -> bool:
+    """Relative comparison, so 6.63e-34 != 9.11e-31 and 1e-9 != 0; only an exact 0 gets an absolute margin."""
+    if x == 0 or y == 0:
+        return abs(x - y) <= ZERO_TOL
+    return math.isclose(x, y, rel_tol=REL_TOL)
+
+
 def _equal(a: str, b: str, depth: int = 0) -> bool:
     """Compare two normalised answers: string, then union / sequence structure, then numeric value."""
     if not a or not b:
@@ -406,7 +414,7 @@ def _equal(a: str, b: str, depth: int = 0) -> bool:
     value_a, value_b = _evaluate(a), _evaluate(b)
     if value_a is None or value_b is None or value_a[0] != value_b[0]:
         return False
-    return all(math.isclose(x, y, rel_tol=REL_TOL, abs_tol=ABS_TOL) for x, y in zip(value_a[1], value_b[1]))
+    return all(_close(x, y) for x, y in zip(value_a[1], value_b[1]))
 
 
 _GOLD_CHOICE_RE = re.compile(r"\(?([A-Z])\)?\.?")

@@ -32,6 +32,12 @@ GRADE_CASES = [
     ("1e5", "100000", True),
     ("1000000", "1000001", False),  # integers match exactly, no relative tolerance
     ("1000000", "1000000.0", True),
+    # small values compare relatively: an absolute tolerance would make every tiny constant equal (issue 10)
+    ("6.63\\times10^{-34}", "9.11\\times10^{-31}", False),
+    ("10^{-9}", "0", False),
+    ("6.63\\times10^{-34}", "6.630\\times 10^{-34}", True),
+    ("1.6\\times10^{-19}", "1.60001\\times10^{-19}", True),
+    ("0.0", "0", True),
     ("007", "7", True),
     ("7.", "7", True),
     ("0.1+0.2", "0.3", True),
