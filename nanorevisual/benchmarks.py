@@ -123,7 +123,7 @@ def _field(row, *names, default=_MISSING):
         return value
     if default is not _MISSING:
         return default
-    raise ValueError(f"missing field {names[0]!r}")
+    raise ValueError(f"field {names[0]!r}: missing")
 
 
 def _resolve_path(rel, base_dir, field):
@@ -169,7 +169,7 @@ def _images(row, base_dir, names, required=True):
         values = value if isinstance(value, list) else [value]
         return [_load_image(v, base_dir, name) for v in values]
     if required:
-        raise ValueError(f"missing field {names[-1]!r}")
+        raise ValueError(f"field {names[-1]!r}: missing")
     return []
 
 
@@ -323,7 +323,7 @@ def adapt_mathvista(row, index, base_dir):
     options, kind = {}, "free"
     if qtype == "multi_choice":
         if not choices:
-            raise ValueError("missing field 'choices'")
+            raise ValueError("field 'choices': missing")
         options, kind = {LETTERS[i]: c.strip() for i, c in enumerate(choices)}, "choice"
         if answer not in options.values():
             raise ValueError(f"field 'answer': {answer!r} is not one of 'choices'")
@@ -532,7 +532,8 @@ def _read_parquet(path):
     try:
         import pyarrow.parquet as pq
     except ImportError as e:
-        raise ImportError("reading parquet needs pyarrow: pip install pyarrow") from e
+        from nanorevisual.common import MissingPackage
+        raise MissingPackage("reading parquet needs pyarrow: pip install pyarrow") from e
     return list(enumerate(pq.read_table(path).to_pylist(), start=1))
 
 

@@ -16,6 +16,10 @@ class UserError(Exception):
     """A mistake in the user's input (a flag, a path, a data row). Scripts print it as one line, no traceback."""
 
 
+class MissingPackage(UserError, ImportError):
+    """An optional package the user's input needs (pyarrow for parquet, matplotlib for plots) is not installed."""
+
+
 def one_line_errors(parser):
     """Make a script report user errors as one line on stderr and exit 2, before any model loads.
 

@@ -32,7 +32,7 @@ INSTRUCTION = (" You FIRST think about the reasoning process step by step as an 
 IGNORE_INDEX = -100
 
 
-from nanorevisual.common import UserError
+from nanorevisual.common import MissingPackage, UserError
 
 
 class DataError(UserError, ValueError):
@@ -46,11 +46,13 @@ def read_records(path):
     """[(line_or_row_number, dict)] from .jsonl/.json/.parquet; malformed JSON raises DataError."""
     if not os.path.exists(path):
         raise DataError(f"{path}: file not found")
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a folder; expected a .jsonl, .json or .parquet file")
     if path.endswith(".parquet"):
         try:
             import pyarrow.parquet as pq
         except ImportError:
-            raise ImportError(f"{path}: reading parquet needs pyarrow: pip install pyarrow") from None
+            raise MissingPackage(f"{path}: reading parquet needs pyarrow: pip install pyarrow") from None
         return list(enumerate(pq.read_table(path).to_pylist(), start=1))
     if path.endswith(".json"):
         with open(path) as f:
@@ -78,10 +80,10 @@ def read_records(path):
 
 def require(row, field, types, where):
     if field not in row or row[field] is None:
-        raise DataError(f"{where}: missing field '{field}'")
+        raise DataError(f"{where}: field '{field}': missing")
     if not isinstance(row[field], types):
         names = types.__name__ if isinstance(types, type) else "/".join(t.__name__ for t in types)
-        raise DataError(f"{where}: field '{field}' must be {names}, got {type(row[field]).__name__}")
+        raise DataError(f"{where}: field '{field}': must be {names}, got {type(row[field]).__name__}")
     return row[field]
 
 
@@ -97,7 +99,7 @@ def resolve_image(image, base_dir, where):
             raise DataError(f"{where}: field 'images': undecodable image bytes ({type(e).__name__})") from None
         return img
     if not isinstance(image, str):
-        raise DataError(f"{where}: field 'images' must hold paths or bytes, got {type(image).__name__}")
+        raise DataError(f"{where}: field 'images': must hold paths or bytes, got {type(image).__name__}")
     path = image if os.path.isabs(image) else os.path.join(base_dir, image)
     if not os.path.exists(path):
         raise DataError(f"{where}: field 'images': image not found: {image}")
@@ -119,7 +121,7 @@ def open_image(image):
 def row_images(row, base_dir, where):
     images = row.get("images") or []
     if not isinstance(images, list):
-        raise DataError(f"{where}: field 'images' must be list, got {type(images).__name__}")
+        raise DataError(f"{where}: field 'images': must be list, got {type(images).__name__}")
     return [resolve_image(im, base_dir, where) for im in images]
 
 
@@ -132,7 +134,7 @@ def build_messages(problem, images, instruction=INSTRUCTION, where="problem"):
     problem = problem.strip()
     parts = problem.split("<image>")
     if len(parts) > 1 and len(parts) - 1 != len(images):
-        raise DataError(f"{where}: {len(parts) - 1} <image> markers but {len(images)} images")
+        raise DataError(f"{where}: field 'images': {len(parts) - 1} <image> markers but {len(images)} images")
     content = []
     if len(parts) == 1:
         content += [{"type": "image", "image": im} for im in images]
@@ -192,6 +194,8 @@ def load_rl_rows(path, skip_bad=False):
                      "answer": str(answer), "images": images, "messages": messages, "where": where})
     if bad:
         print(f"{path}: skipped {bad} bad rows (--skip-bad-rows)")
+    if not rows:
+        raise DataError(f"{path}: no rows" + (" left after skipping the bad ones" if bad else " (empty file)"))
     return rows
 
 
@@ -209,6 +213,8 @@ def load_sft_rows(path, skip_bad=False):
             bad += 1
     if bad:
         print(f"{path}: skipped {bad} bad rows (--skip-bad-rows)")
+    if not rows:
+        raise DataError(f"{path}: no rows" + (" left after skipping the bad ones" if bad else " (empty file)"))
     return rows
 
 
@@ -218,22 +224,22 @@ def sft_messages(row, base_dir, where):
         out = []
         for i, m in enumerate(messages):
             if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
-                raise DataError(f"{where}: field 'messages[{i}].role' must be system/user/assistant")
+                raise DataError(f"{where}: field 'messages[{i}].role': must be system/user/assistant")
             content = m.get("content")
             if isinstance(content, list):
                 items = []
                 for item in content:
                     if not isinstance(item, dict) or item.get("type") not in ("text", "image"):
-                        raise DataError(f"{where}: field 'messages[{i}].content' items must be text or image dicts")
+                        raise DataError(f"{where}: field 'messages[{i}].content': items must be text or image dicts")
                     if item["type"] == "image":
                         item = {"type": "image", "image": resolve_image(item.get("image"), base_dir, where)}
                     items.append(item)
                 content = items
             elif not isinstance(content, str):
-                raise DataError(f"{where}: field 'messages[{i}].content' must be str or list")
+                raise DataError(f"{where}: field 'messages[{i}].content': must be str or list")
             out.append({"role": m["role"], "content": content})
         if not any(m["role"] == "assistant" for m in out):
-            raise DataError(f"{where}: field 'messages' has no assistant turn")
+            raise DataError(f"{where}: field 'messages': no assistant turn")
         return out
     problem = require(row, "problem", str, where)
     response = require(row, "response", str, where)

@@ -324,7 +324,7 @@ def test_bad_rows_give_one_line_errors_naming_file_row_and_field(tmp_path):
     good = {"pid": "1", "question": "q", "image": "images/1.jpg", "answer": "2", "question_type": "free_form"}
     _png(tmp_path / "images" / "1.jpg", (4, 4))
     path = _write_json(tmp_path / "mathvista.json", [good, {k: v for k, v in good.items() if k != "answer"}])
-    assert _error("mathvista", path) == "mathvista.json:2: missing field 'answer'"
+    assert _error("mathvista", path) == "mathvista.json:2: field 'answer': missing"
     path = _write_json(tmp_path / "mathvista.json", [{**good, "image": "images/nope.jpg"}])
     message = _error("mathvista", path)
     assert message.startswith("mathvista.json:1: field 'image': image file not found: images/nope.jpg")

@@ -109,13 +109,13 @@ def test_rl_rows(img_dir):
 
 @pytest.mark.parametrize("line, message", [
     ('{"problem": "x", "answer": "1"', "rl.jsonl:2: malformed JSON"),
-    ({"answer": "1"}, "rl.jsonl:2: missing field 'problem'"),
-    ({"problem": 5, "answer": "1"}, "rl.jsonl:2: field 'problem' must be str, got int"),
-    ({"problem": "x"}, "rl.jsonl:2: missing field 'answer'"),
+    ({"answer": "1"}, "rl.jsonl:2: field 'problem': missing"),
+    ({"problem": 5, "answer": "1"}, "rl.jsonl:2: field 'problem': must be str, got int"),
+    ({"problem": "x"}, "rl.jsonl:2: field 'answer': missing"),
     ({"problem": "<image>x", "answer": "1", "images": ["gone.png"]}, "rl.jsonl:2: field 'images': image not found: gone.png"),
     ({"problem": "<image>x", "answer": "1", "images": ["broken.png"]}, "rl.jsonl:2: field 'images': undecodable image broken.png"),
-    ({"problem": "<image><image>x", "answer": "1", "images": ["red.png"]}, "rl.jsonl:2: 2 <image> markers but 1 images"),
-    ({"problem": "x", "answer": "1", "images": "red.png"}, "rl.jsonl:2: field 'images' must be list, got str"),
+    ({"problem": "<image><image>x", "answer": "1", "images": ["red.png"]}, "rl.jsonl:2: field 'images': 2 <image> markers but 1 images"),
+    ({"problem": "x", "answer": "1", "images": "red.png"}, "rl.jsonl:2: field 'images': must be list, got str"),
     ("[1, 2]", "rl.jsonl:2: expected a JSON object, got list"),
 ])
 def test_bad_rl_rows_give_one_line_errors(img_dir, line, message):
@@ -130,12 +130,12 @@ def test_bad_rl_rows_give_one_line_errors(img_dir, line, message):
 
 
 @pytest.mark.parametrize("row, message", [
-    ({"problem": "x"}, "sft.jsonl:1: missing field 'response'"),
-    ({"messages": [{"role": "user", "content": "hi"}]}, "sft.jsonl:1: field 'messages' has no assistant turn"),
+    ({"problem": "x"}, "sft.jsonl:1: field 'response': missing"),
+    ({"messages": [{"role": "user", "content": "hi"}]}, "sft.jsonl:1: field 'messages': no assistant turn"),
     ({"messages": [{"role": "robot", "content": "hi"}]}, "sft.jsonl:1: field 'messages[0].role'"),
     ({"messages": [{"role": "user", "content": [{"type": "image", "image": "gone.png"}]},
                    {"role": "assistant", "content": "x"}]}, "sft.jsonl:1: field 'images': image not found"),
-    ({"messages": "hi"}, "sft.jsonl:1: field 'messages' must be list, got str"),
+    ({"messages": "hi"}, "sft.jsonl:1: field 'messages': must be list, got str"),
 ])
 def test_bad_sft_rows(img_dir, row, message):
     path = write(img_dir / "sft.jsonl", [row])
@@ -151,9 +151,14 @@ def test_skip_bad_rows_prints_count(img_dir, capsys):
     assert "skipped 2 bad rows" in capsys.readouterr().out
 
 
-def test_missing_file():
+def test_missing_file_folder_and_empty_file(tmp_path):
     with pytest.raises(DataError, match="nope.jsonl: file not found"):
         data.load_rl_rows("nope.jsonl")
+    with pytest.raises(DataError, match="is a folder"):
+        data.load_rl_rows(str(tmp_path))
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(DataError, match="empty.jsonl: no rows"):
+        data.load_sft_rows(str(tmp_path / "empty.jsonl"))
 
 
 def test_parquet_without_pyarrow_says_how_to_install(tmp_path, monkeypatch):
