@@ -276,11 +276,11 @@ if __name__ == "__main__":
     # ------------------------------------------------------------------------------------------------------------
     # Data: records, the (item, sample) units, and which are already done
     records = []
-    for label, name, path in specs:
+    for spec, (label, name, path) in zip(args.data, specs):
         try:
             recs = load_benchmark(name, path, limit=args.limit or None)
         except ValueError as e:  # one line naming the file, row and field
-            hint = "" if name != "jsonl" else (f" ('{label}' is not one of {', '.join(BENCHMARKS)}: a custom label "
+            hint = "" if name != "jsonl" or "=" not in spec or "field" not in str(e) else (f" ('{label}' is not one of {', '.join(BENCHMARKS)}: a custom label "
                                                "reads the project's format: problem, answer, images)")
             raise UserError(f"{e}{hint}") from None
         if not recs:

@@ -130,6 +130,10 @@ parser.add_argument("--dump-every", type=int, default=None, help="write OUT_DIR/
 parser.add_argument("--log-every", type=int, default=1, help="print a line every N steps")
 one_line_errors(parser)
 args = parser.parse_args()
+check_flags(args, positive=["prompts_per_step", "group_size", "max_new_tokens", "generate_batch_seqs",
+                            "micro_batch_size", "ppo_epochs", "max_steps", "eval_samples", "log_every"],
+            non_negative=["optim_batch_seqs", "micro_batch_tokens", "max_prompt_length", "eval_every", "save_every",
+                          "dump_every", "eval_limit", "entropy_warmup", "min_pixels", "max_pixels"])
 
 default_model = {"mrl": "runs/sft/final", "trl": "runs/mrl/final"}[args.stage]
 if args.model is None and not os.path.exists(os.path.join(default_model, "config.json")):
@@ -163,10 +167,6 @@ if tiny and (args.data is None or args.val_data is None):
         args.val_data = [os.path.join(toy_dir, f"{first}_val.jsonl"), os.path.join(toy_dir, f"{second}_val.jsonl")]
 if not args.data:
     raise UserError("--data is required for a real model (an RL JSONL/JSON/parquet file)")
-check_flags(args, positive=["prompts_per_step", "group_size", "max_new_tokens", "generate_batch_seqs",
-                            "micro_batch_size", "ppo_epochs", "max_steps", "eval_samples", "log_every"],
-            non_negative=["optim_batch_seqs", "micro_batch_tokens", "max_prompt_length", "eval_every", "save_every",
-                          "dump_every", "eval_limit", "entropy_warmup", "min_pixels", "max_pixels"])
 if args.group_size == 1 and args.scale_by_std:
     raise UserError("--group-size 1: every group-normalised advantage is 0 and nothing would train; use G >= 2")
 args.out_dir = args.out_dir or f"runs/{args.stage}"

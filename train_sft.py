@@ -66,6 +66,8 @@ parser.add_argument("--eval-every", type=int, default=None, help="held-out loss 
 parser.add_argument("--log-every", type=int, default=1, help="print a line every N steps")
 one_line_errors(parser)
 args = parser.parse_args()
+check_flags(args, positive=["max_steps", "batch_size", "grad_accum", "max_length", "log_every"],
+            non_negative=["save_every", "eval_every", "weight_decay", "warmup_ratio", "min_lr_ratio"])
 args.model = check_model_path(args.model)
 
 TOY = {"epochs": 6, "lr": 2e-3, "min_lr_ratio": 0.1, "warmup_ratio": 0.05, "weight_decay": 0.0, "batch_size": 64,
@@ -84,8 +86,6 @@ if args.data is None:
     toy_dir = ensure_toy_data()
     args.data = os.path.join(toy_dir, "sft_train.jsonl")
     args.val_data = args.val_data or os.path.join(toy_dir, "sft_val.jsonl")
-check_flags(args, positive=["max_steps", "batch_size", "grad_accum", "max_length", "log_every"],
-            non_negative=["save_every", "eval_every", "weight_decay", "warmup_ratio", "min_lr_ratio"])
 if not args.epochs > 0 or not args.lr > 0:
     raise UserError(f"--epochs and --lr must be > 0, got {args.epochs} and {args.lr}")
 user_config = vars(args).copy()

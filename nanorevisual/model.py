@@ -12,12 +12,12 @@ Pitfalls handled here (shared/pitfalls.md):
    has none, so when a loaded template lacks them we swap in `QWEN_CHAT_TEMPLATE`, which renders the same text.
 """
 
+import functools
 import json
 import os
 import re
 
 import torch
-from transformers import AutoModelForImageTextToText, AutoTokenizer, Qwen2_5_VLProcessor, Qwen2VLImageProcessorPil
 
 # Vision special tokens that must never be sampled (pitfalls.md §4): a sampled <|image_pad|> makes the
 # training forward count an extra image slot and crash.
@@ -59,17 +59,25 @@ def chat_template(default_system=None):
 QWEN_CHAT_TEMPLATE = chat_template(default_system="You are a helpful assistant.")
 
 
-class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
-    """Qwen2.5-VL processor without the video processor, which needs torchvision (pitfalls.md §2)."""
+@functools.cache
+def image_only_processor_class():
+    """Qwen2.5-VL processor without the video processor, which needs torchvision (docs/pitfalls.md, pitfall 1).
+    Built on first use, like every transformers import of this module: a script that stops on a user error never
+    pays the seconds transformers takes to import."""
+    from transformers import Qwen2_5_VLProcessor
 
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        kwargs.pop("video_processor", None)
-        super().__init__(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
-                         chat_template=chat_template, **kwargs)
+    class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            kwargs.pop("video_processor", None)
+            super().__init__(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+                             chat_template=chat_template, **kwargs)
+
+    return ImageOnlyQwen2_5_VLProcessor
 
 
 def load_processor(path, min_pixels=None, max_pixels=None):
     """Image processor (PIL backend) + tokenizer from an HF folder or hub id, as one image-only processor."""
+    from transformers import AutoTokenizer, Qwen2VLImageProcessorPil
     overrides = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
     image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, **overrides)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -78,7 +86,7 @@ def load_processor(path, min_pixels=None, max_pixels=None):
     if not template or "{% generation %}" not in template:
         template = QWEN_CHAT_TEMPLATE  # renders the same text as Qwen's own, plus assistant masks
     tokenizer.chat_template = template
-    return ImageOnlyQwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=template)
+    return image_only_processor_class()(image_processor=image_processor, tokenizer=tokenizer, chat_template=template)
 
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name
@@ -96,7 +104,7 @@ def check_model_path(path):
         return path
     if os.path.exists(path):
         raise UserError(f"--model {path}: is a file; expected a checkpoint folder, a hub id or 'tiny'")
-    if not HUB_ID.match(path) or path.startswith((".", "/")):
+    if not HUB_ID.match(path) or os.path.isdir(path.split("/")[0]):  # runs/nope: a local path, not an owner
         raise UserError(f"--model {path}: no such folder (and not a hub id like Qwen/Qwen2.5-VL-7B-Instruct)")
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         from huggingface_hub import try_to_load_from_cache
@@ -134,6 +142,7 @@ def load_model_and_processor(path, *, dtype=torch.float32, attn_implementation="
     processor = load_processor(path, min_pixels=min_pixels, max_pixels=max_pixels)
     model = None
     if load_model:
+        from transformers import AutoModelForImageTextToText
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
         model.to(device)
         if grad_checkpointing:

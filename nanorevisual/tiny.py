@@ -18,7 +18,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
 
-from nanorevisual.model import ImageOnlyQwen2_5_VLProcessor, chat_template, set_neutral_generation_config
+from nanorevisual.model import chat_template, image_only_processor_class, set_neutral_generation_config
 
 # Qwen's special tokens; ids 0..6 in the tiny vocabulary. The processor also looks up <|video_pad|>.
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -67,7 +67,7 @@ def build_tiny_stack(seed=0, **config_kwargs):
     tok = build_tokenizer(tokenizer_corpus())
     image_processor = Qwen2VLImageProcessorPil(size={"shortest_edge": 56 * 56, "longest_edge": 112 * 112},
                                                patch_size=14, temporal_patch_size=2, merge_size=2)
-    processor = ImageOnlyQwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tok,
+    processor = image_only_processor_class()(image_processor=image_processor, tokenizer=tok,
                                              chat_template=TINY_CHAT_TEMPLATE)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(tiny_config(tok, **config_kwargs))
