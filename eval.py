@@ -7,7 +7,7 @@
 
 Each --data entry is NAME=PATH or a bare PATH (NAME inferred from the path when one of its parts contains a name of
 nanorevisual.benchmarks.BENCHMARKS, else the file stem labels a project-format file). Every item gets --samples k
-completions; the prompt is the training prompt (data.build_messages); grading is benchmarks.grade_item.
+completions; the prompt is the training prompt (prompts.build_messages); grading is benchmarks.grade_item.
 Outputs in --out-dir (accuracy and std in percent):
     predictions.jsonl  a line per (benchmark, id, sample): completion, extracted, answer, correct, num_tokens, truncated
     results.json       {benchmark: {score, metric, accuracy, std, items, samples}, ..., "average": {score, items, benchmarks}}
@@ -40,15 +40,16 @@ import os
 import re
 import statistics
 
-import torch
 from tqdm import tqdm
 
 from nanorevisual import dist
 from nanorevisual.benchmarks import BENCHMARKS, PAPER_TABLE2, grade_item, load_benchmark, paper_metric
 from nanorevisual.common import UserError, check_flags, default_dtype, one_line_errors
-from nanorevisual.data import build_messages
 from nanorevisual.dist import print0
-from nanorevisual.model import check_model_path, is_toy_model
+from nanorevisual.model import check_model_path, is_toy_model, load_model_and_processor, load_policy
+from nanorevisual.processor import vision_token_ids
+from nanorevisual.prompts import build_messages
+from nanorevisual.rollout import generate_rollouts
 
 # ----------------------------------------------------------------------------------------------------------------
 # CLI (parsed in the script section below, so tests can import the pure functions)
@@ -314,10 +315,8 @@ if __name__ == "__main__":
     # Model (only if there is anything to generate) and generation
     new = []
     if pending_keys:
-        from nanorevisual.model import load_model_and_processor, vision_token_ids
-        from nanorevisual.rollout import generate_rollouts
         if ddp:  # sharded: rank 0 reads the weights and broadcasts them (FSDP2 casts to bf16 itself on CUDA)
-            model, processor = dist.load_policy(args.model, device, ddp, min_pixels=args.min_pixels,
+            model, processor = load_policy(args.model, device, ddp, min_pixels=args.min_pixels,
                                                 max_pixels=args.max_pixels)
         else:
             model, processor = load_model_and_processor(args.model, dtype=default_dtype(device, args.dtype),
@@ -330,7 +329,7 @@ if __name__ == "__main__":
         with open_append(out_path) as f, dist.gathered_params(model):
             for start in range(0, len(pending), args.batch_size):
                 batch = pending[start:start + args.batch_size]
-                messages = [build_messages(r["problem"], r["images"], where=f"{r['benchmark']} {r['id']}")
+                messages = [build_messages(r["problem"], r["images"])
                             for r, _ in batch]
                 first = unit_index[(batch[0][0]["benchmark"], batch[0][0]["id"], batch[0][1])]
                 outs = generate_rollouts(model, processor, messages, group_size=1, max_new_tokens=args.max_new_tokens,

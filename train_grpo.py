@@ -45,15 +45,17 @@ import time
 import torch
 from tqdm import tqdm
 
-from nanorevisual import checkpoint, data, dist
+from nanorevisual import checkpoint, data, dist, prompts
 from nanorevisual.common import (MetricsLogger, Timer, UserError, autocast, check_flags, one_line_errors, set_seed,
                                  truncate_jsonl)
 from nanorevisual.dist import print0
 from nanorevisual.grpo import (PAD_PRESETS, group_advantages, pad_select, pad_tau, plan_token_counts, plan_update,
                                policy_loss)
-from nanorevisual.model import check_model_path, count_params, is_toy_model, load_processor, vision_token_ids
+from nanorevisual.model import check_model_path, count_params, is_toy_model, load_policy
+from nanorevisual.processor import load_processor, vision_token_ids
 from nanorevisual.rewards import accuracy_reward, compute_rewards
-from nanorevisual.rollout import collate_rollouts, completion_logps, generate_rollouts
+from nanorevisual.logprobs import completion_logps
+from nanorevisual.rollout import collate_rollouts, generate_rollouts
 
 # ----------------------------------------------------------------------------------------------------------------
 # CLI (None = take the stage / model preset)
@@ -204,19 +206,19 @@ G = args.group_size
 N_local, N_global = local_prompts * G, args.prompts_per_step * G
 processor = load_processor(args.model, min_pixels=args.min_pixels, max_pixels=args.max_pixels)
 if args.max_prompt_length:
-    train_rows, dropped = data.filter_long_prompts(processor, train_rows, args.max_prompt_length)
+    train_rows, dropped = prompts.filter_long_prompts(processor, train_rows, args.max_prompt_length)
     print0(f"{args.data}: dropped {dropped} prompts longer than --max-prompt-length {args.max_prompt_length}")
     if not train_rows:
         raise UserError(f"{args.data}: every prompt is longer than --max-prompt-length {args.max_prompt_length}")
 
 # ----------------------------------------------------------------------------------------------------------------
 # Model, reference model, optimizer
-model, _ = dist.load_policy(resume_dir or args.model, device, ddp, grad_checkpointing=bool(args.grad_checkpointing),
+model, _ = load_policy(resume_dir or args.model, device, ddp, grad_checkpointing=bool(args.grad_checkpointing),
                             freeze_vision_tower=bool(args.freeze_vision))  # paper §5.1: TRL freezes vision
 print0(f"policy {resume_dir or args.model}: {count_params(model):,} params, {count_params(model, True):,} trainable")
 ref_model = None
 if args.kl_coef > 0:  # mrl loads no reference model at all; trl's reference is the stage's starting checkpoint
-    ref_model, _ = dist.load_policy(args.model, device, ddp)
+    ref_model, _ = load_policy(args.model, device, ddp)
     ref_model.requires_grad_(False).eval()
 params = [p for p in model.parameters() if p.requires_grad]
 optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), weight_decay=args.weight_decay)

@@ -27,12 +27,12 @@ import time
 import torch
 from tqdm import tqdm
 
-from nanorevisual import checkpoint, data, dist
+from nanorevisual import checkpoint, data, dist, prompts
 from nanorevisual.common import (MetricsLogger, UserError, autocast, check_flags, lr_multiplier, one_line_errors,
                                  set_seed, truncate_jsonl)
 from nanorevisual.dist import print0
-from nanorevisual.grpo import token_logps
-from nanorevisual.model import check_model_path, count_params, is_toy_model
+from nanorevisual.logprobs import sequence_logps
+from nanorevisual.model import check_model_path, count_params, is_toy_model, load_policy
 
 # ----------------------------------------------------------------------------------------------------------------
 # CLI
@@ -117,7 +117,7 @@ local_batch = args.batch_size // world_size
 # ----------------------------------------------------------------------------------------------------------------
 # Model, optimizer
 model_path = resume_dir or args.model
-model, processor = dist.load_policy(model_path, device, ddp, grad_checkpointing=bool(args.grad_checkpointing),
+model, processor = load_policy(model_path, device, ddp, grad_checkpointing=bool(args.grad_checkpointing),
                                     freeze_vision_tower=bool(args.freeze_vision))
 print0(f"model {model_path}: {count_params(model):,} params, {count_params(model, True):,} trainable"
        f"{' (FSDP shards)' if ddp else ''}")
@@ -140,23 +140,22 @@ def step_rows(step):
 
 
 def encode(rows):
-    encoded = [data.encode_sft_row(processor, r["messages"], args.max_length) for r in rows]
+    encoded = [prompts.encode_sft_row(processor, r["messages"], args.max_length) for r in rows]
     kept = [e for e in encoded if e is not None]
     if not kept:
         raise UserError(f"{rows[0]['where']}: every row of this micro-batch has a prompt longer than "
                              f"--max-length {args.max_length}")
-    return data.collate_sft(kept, pad_token_id), len(encoded) - len(kept)
+    return prompts.collate_sft(kept, pad_token_id), len(encoded) - len(kept)
 
 
 def loss_sum(batch):
     """Sum of next-token cross-entropy over label tokens of one micro-batch, and that token count."""
     batch = {k: v.to(device) for k, v in batch.items()}
     labels = batch.pop("labels")[:, 1:]  # (B, L-1) next-token targets
-    with autocast(device, ddp):
-        logits = model(**batch, use_cache=False).logits[:, :-1]  # (B, L-1, V)
-    mask = labels != data.IGNORE_INDEX  # (B, L-1)
-    logps = token_logps(logits, labels.clamp(min=0))  # (B, L-1) fp32, chunked over the vocabulary
-    return -(logps * mask).sum(), mask.sum()
+    mask = labels != prompts.IGNORE_INDEX  # (B, L-1)
+    with autocast(device, ddp):  # the LM head runs chunk by chunk: no (B, L, V) logits (nanorevisual/logprobs.py)
+        logps = sequence_logps(model, batch, labels.clamp(min=0))  # (B, L-1) fp32
+    return -torch.where(mask, logps, 0.0).sum(), mask.sum()
 
 
 @torch.no_grad()
@@ -173,8 +172,8 @@ def eval_loss():
         if i < len(mine):
             total, count = total + s.item(), count + n.item()
     model.train()
-    total, count = dist.all_reduce_sum([total, count], device)
-    return total / max(count, 1)
+    reduced = dist.all_reduce_dict({"loss": total, "tokens": count}, device)
+    return reduced["loss"] / max(reduced["tokens"], 1)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -218,8 +217,8 @@ for step in range(start_step, total_steps):
         batch, dropped = encode(rows)
         micro_batches.append(batch)
         dropped_total += dropped
-    local_tokens = sum(int((b["labels"][:, 1:] != data.IGNORE_INDEX).sum()) for b in micro_batches)
-    (global_tokens,) = dist.all_reduce_sum([local_tokens], device)  # token mean over the whole step
+    local_tokens = sum(int((b["labels"][:, 1:] != prompts.IGNORE_INDEX).sum()) for b in micro_batches)
+    global_tokens = dist.all_reduce_dict({"tokens": local_tokens}, device)["tokens"]  # token mean over the whole step
     step_loss = 0.0
     for batch in micro_batches:
         s, _ = loss_sum(batch)
@@ -234,7 +233,7 @@ for step in range(start_step, total_steps):
     optimizer.zero_grad(set_to_none=True)
     # -------- TRAINING SECTION END --------
 
-    (loss_total,) = dist.all_reduce_sum([step_loss], device)
+    loss_total = dist.all_reduce_dict({"loss": step_loss}, device)["loss"]
     dt = time.perf_counter() - t0
     record = {"step": step + 1, "train/loss": loss_total / global_tokens, "train/lr": lr, "train/grad_norm": grad_norm,
               "train/tokens": global_tokens, "time/step": dt, "time/tokens_per_s": global_tokens / dt,

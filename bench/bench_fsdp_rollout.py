@@ -21,10 +21,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere, no install
 
 from nanorevisual import dist
-from nanorevisual.data import build_messages
-from nanorevisual.model import vision_token_ids
+from nanorevisual.prompts import build_messages
+from nanorevisual.processor import vision_token_ids
 from nanorevisual.rollout import generate_rollouts
-from nanorevisual.tiny import build_tiny_stack
+from nanorevisual.toy import tiny_stack as build_tiny_stack
 
 parser = argparse.ArgumentParser(description="FSDP2 rollout bench: per-token gathers vs gather once")
 parser.add_argument("--seqs", type=int, default=16, help="sequences per rank")

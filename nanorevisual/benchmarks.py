@@ -81,16 +81,13 @@ Deviations from the paper / released eval (CSfufu/Revisual-R1 eval/src, paper.md
 8. LogicVista answers can name several options ("A, C"); gold and prediction are both normalised to the
    sorted letters ("AC"), so a prediction must name exactly the gold set. Numbered options ("3") stay digits.
 """
-import csv
 import hashlib
-import io
-import json
 import math
 import os
 import random
 import re
 
-from PIL import Image
+from nanorevisual.files import READABLE, check_row, load_image, read_records
 
 BENCHMARKS = ["mathverse", "mathvision", "mathvista", "dynamath", "wemath", "logicvista",
               "aime24", "aime25", "gpqa", "math500"]
@@ -126,38 +123,6 @@ def _field(row, *names, default=_MISSING):
     raise ValueError(f"field {names[0]!r}: missing")
 
 
-def _resolve_path(rel, base_dir, field):
-    for candidate in (rel, os.path.join(base_dir, rel), os.path.join(base_dir, "images", rel)):
-        if os.path.isfile(candidate):
-            return os.path.abspath(candidate)
-    raise ValueError(f"field {field!r}: image file not found: {rel} (looked in {base_dir} and its images/)")
-
-
-def _decode_image(data, field):
-    try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except OSError as e:  # PIL.UnidentifiedImageError is an OSError
-        raise ValueError(f"field {field!r}: cannot decode image bytes ({e})") from e
-    return image
-
-
-def _load_image(value, base_dir, field):
-    """PIL image, raw bytes, {"bytes", "path"} (HF Image feature) or a path -> PIL image or absolute path."""
-    if isinstance(value, Image.Image):
-        return value
-    if isinstance(value, (bytes, bytearray)):
-        return _decode_image(bytes(value), field)
-    if isinstance(value, dict):
-        if value.get("bytes"):
-            return _decode_image(value["bytes"], field)
-        if value.get("path"):
-            return _resolve_path(value["path"], base_dir, field)
-    if isinstance(value, str) and value.strip():
-        return _resolve_path(value.strip(), base_dir, field)
-    raise ValueError(f"field {field!r}: not an image (got {type(value).__name__})")
-
-
 def _images(row, base_dir, names, required=True):
     """Images from the first of `names` that holds one (a single image or a list of them)."""
     for name in names:
@@ -167,7 +132,7 @@ def _images(row, base_dir, names, required=True):
         if isinstance(value, dict) and not value.get("bytes") and not value.get("path"):
             continue  # an empty HF Image struct: fall through to the path column
         values = value if isinstance(value, list) else [value]
-        return [_load_image(v, base_dir, name) for v in values]
+        return [load_image(v, base_dir, name) for v in values]
     if required:
         raise ValueError(f"field {names[-1]!r}: missing")
     return []
@@ -502,7 +467,7 @@ def adapt_jsonl(row, index, base_dir, benchmark="jsonl"):
     images = row.get("images") or []
     if not isinstance(images, list):
         raise ValueError(f"field 'images': must be a list of paths or images, got {type(images).__name__}")
-    images = [_load_image(v, base_dir, "images") for v in images]
+    images = [load_image(v, base_dir, "images") for v in images]
     if problem.count("<image>") not in (0, len(images)):
         raise ValueError(f"field 'images': {len(images)} images for {problem.count('<image>')} <image> markers")
     options = {str(k): str(v) for k, v in (row.get("options") or {}).items()}
@@ -526,56 +491,6 @@ _SOURCE_FIELDS = {"mathverse": ("query_cot", "question"), "mathvision": ("questi
 
 # -----------------------------------------------------------------------------
 # reading files
-
-
-def _read_parquet(path):
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as e:
-        from nanorevisual.common import MissingPackage
-        raise MissingPackage("reading parquet needs pyarrow: pip install pyarrow") from e
-    return list(enumerate(pq.read_table(path).to_pylist(), start=1))
-
-
-def _read_jsonl(text, path):
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append((lineno, json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from e
-    return rows
-
-
-def _read_rows(path):
-    """(line or row number, row) pairs from a .json (list, or dict of rows keyed by id), .jsonl, .csv or .parquet
-    file; numbers count from 1 (JSON lines: the line; JSON lists, CSV and parquet: the row)."""
-    ext = os.path.splitext(path)[1].lower()
-    if ext == ".parquet":
-        return _read_parquet(path)
-    if ext == ".csv":
-        with open(path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: tolerate a byte-order mark
-            return [(i, dict(row)) for i, row in enumerate(csv.DictReader(f), start=1)]
-    with open(path, encoding="utf-8-sig") as f:
-        text = f.read()
-    if ext == ".jsonl":
-        return _read_jsonl(text, path)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        if "Extra data" in e.msg:  # a .json file holding JSON lines
-            return _read_jsonl(text, path)
-        raise ValueError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from e
-    if isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
-        return [(i, {"_key": key, **value}) for i, (key, value) in enumerate(data.items(), start=1)]
-    if not isinstance(data, list):
-        raise ValueError(f"{path}:1: expected a JSON list of rows or a dict of rows keyed by id")
-    return list(enumerate(data, start=1))
-
-
-READABLE = (".json", ".jsonl", ".csv", ".parquet")
 
 
 def variant_files(folder):
@@ -604,20 +519,15 @@ def load_benchmark(name, path, *, limit=None):
         if not files:
             raise ValueError(f"{path}: no sample_variant<k> file ({'/'.join(READABLE)}) in this DynaMath folder")
         return [r for _, f in files for r in load_benchmark(name, f, limit=limit)]
-    if not os.path.exists(path):
-        raise ValueError(f"{path}: file not found")
     if name != "jsonl" and name not in ADAPTERS:
         raise ValueError(f"unknown benchmark {name!r}: expected one of {BENCHMARKS} or 'jsonl'")
     fname, base_dir = os.path.basename(path), os.path.dirname(os.path.abspath(path))
-    if not path.lower().endswith(READABLE):
-        raise ValueError(f"{path}: unsupported file type (expected {', '.join(READABLE)})")
-    rows = _read_rows(path)[:limit]
+    rows = read_records(path)[:limit]
     file_variant = re.search(r"(?:variant|sample)_?(\d+)", fname) if name == "dynamath" else None
     records, seen, seed_counts = [], {}, {}
     for index, (where, row) in enumerate(rows):
         try:
-            if not isinstance(row, dict):
-                raise ValueError(f"expected an object, got {type(row).__name__}")
+            check_row(row)
             if name == "jsonl" or ("problem" in row and "answer" in row
                                    and not any(f in row for f in _SOURCE_FIELDS[name])):
                 record = adapt_jsonl(row, index, base_dir, benchmark=name)

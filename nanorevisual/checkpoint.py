@@ -22,6 +22,7 @@ import subprocess
 
 import numpy as np
 import torch
+import torch.distributed
 
 from nanorevisual import dist
 
@@ -92,7 +93,7 @@ def save_checkpoint(path, model, processor, meta, *, optimizer=None, extra=None,
     if optimizer is not None:
         os.makedirs(os.path.join(tmp, "resume"), exist_ok=True)
         if ddp:
-            dist.save_resume_state(os.path.join(tmp, "resume"), model, optimizer, extra)
+            save_sharded_resume_state(os.path.join(tmp, "resume"), model, optimizer, extra)
         else:
             torch.save({"optimizer": optimizer.state_dict(), **extra}, os.path.join(tmp, "resume", "state.pt"))
     if master:
@@ -106,10 +107,28 @@ def save_checkpoint(path, model, processor, meta, *, optimizer=None, extra=None,
     return path
 
 
+def save_sharded_resume_state(path, model, optimizer, extra):
+    """Sharded resume state with torch.distributed.checkpoint: each rank writes its own shards of the model and
+    optimizer (no rank ever holds the full optimizer), and its own `extra` (the RNG state differs per rank)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    dist.reshard_all(model)
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=path)
+    torch.save(extra, os.path.join(path, f"extra_rank{torch.distributed.get_rank()}.pt"))
+
+
 def load_resume(path, model, optimizer, ddp=False):
     """Restore optimizer (and, under FSDP, model shards) from path/resume; returns the `extra` dict."""
     if ddp:
-        return dist.load_resume_state(os.path.join(path, "resume"), model, optimizer)
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        state = {"model": model_sd, "optim": optim_sd}
+        dcp.load(state, checkpoint_id=os.path.join(path, "resume"))
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        return torch.load(os.path.join(path, "resume", f"extra_rank{torch.distributed.get_rank()}.pt"),
+                          weights_only=False)
     state = torch.load(os.path.join(path, "resume", "state.pt"), map_location="cpu", weights_only=False)
     optimizer.load_state_dict(state.pop("optimizer"))
     return state

@@ -11,7 +11,8 @@ Shape legend (shared by every file of the package):
     T   padded completion length
     V   vocabulary size
     k   sequences selected by PAD
-    C   rows (tokens) in one chunk of `token_logps`
+    H   hidden size
+    C   rows (tokens) in one chunk of the chunked LM head (logprobs.py)
 
 PAD in a distributed run: PAD runs over the GLOBAL rollout batch. Every rank gathers the (N,) advantages of
 all ranks, seeds its CPU `torch.Generator` identically (e.g. from (seed, step)), and calls `pad_select`; every
@@ -63,80 +64,11 @@ Deviations (from the paper, from the released code, or choices where neither say
 import math
 
 import torch
-import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 # ReVisual-R1 code (core_algos.compute_policy_loss): ratio = exp(clamp(log_ratio, ln 1e-3, ln 1e3))
 LOG_RATIO_MIN = math.log(1e-3)
 LOG_RATIO_MAX = math.log(1e3)
 KL_MAX = 10.0  # verl low_var_kl: clamp(k3, -10, 10)
-
-# -----------------------------------------------------------------------------
-# Token log-probs
-
-
-def _chunk_logps(logits: torch.Tensor, targets: torch.Tensor, temperature: float,
-                 suppress_ids: torch.Tensor | None) -> torch.Tensor:
-    """log softmax(logits / temperature)[target] for one chunk of rows. (C, V), (C,) -> (C,) fp32."""
-    # NOTE: divide by the sampling temperature. Rollouts sample from softmax(logits / T), so the importance
-    # ratio must compare probabilities of that same distribution (TRL's GRPOTrainer divides the same way).
-    # Upcast first, then divide: this is the order HF generate uses (fp32 copy of the logits, then processors).
-    scaled = logits.float() / temperature  # (C, V) fp32
-    if suppress_ids is not None:
-        scaled = scaled.index_fill(1, suppress_ids, float("-inf"))  # (C, V) as HF SuppressTokensLogitsProcessor
-    target_logits = scaled.gather(1, targets[:, None]).squeeze(1)  # (C,)
-    return target_logits - torch.logsumexp(scaled, dim=1)  # (C,) fp32
-
-
-def token_logps(logits: torch.Tensor, targets: torch.Tensor, *, temperature: float = 1.0,
-                suppress_ids=None, chunk_size: int = 4096) -> torch.Tensor:
-    """
-    Log-probs of `targets` under softmax(logits / temperature), in row chunks to bound memory.
-
-    logits (B, T, V) any float dtype (bf16 on GPU), targets (B, T) long -> (B, T) fp32.
-    The caller aligns the two (logits at position t predict the token at t+1, so slice logits[:, -T-1:-1]
-    against completion ids). `suppress_ids` vocabulary entries get -inf before the softmax, reproducing HF
-    generate's `scores` with `suppress_tokens` and `temperature`; a suppressed target therefore gets -inf
-    (rollouts never sample one, and masked positions are ignored by `policy_loss`).
-
-    Memory: the B*T rows are processed `chunk_size` at a time, so the fp32 upcast and the logsumexp
-    intermediates exist for one chunk only, never as a (B, T, V) fp32 tensor. With grad enabled each chunk is
-    wrapped in activation checkpointing, so autograd keeps only the input logits and recomputes a chunk's fp32
-    copy during backward (logsumexp would otherwise save every chunk's fp32 input). Measured with
-    bench/bench_logps_memory.py (CPU, bf16 logits (1, 4096, 152064) = 1188 MB, chunk_size 1024), peak above
-    the inputs: forward 4752 MB naive vs 1188 MB here (two fp32 chunks); forward+backward 7128 MB vs 3564 MB.
-    What remains in backward is the (B, T, V) gradient itself plus one transient copy of it (autograd
-    assembles the chunks' gradients through slice backward); a custom autograd.Function writing each chunk's
-    gradient in place could remove that copy.
-    """
-    assert logits.shape[:-1] == targets.shape, f"logits {tuple(logits.shape)} vs targets {tuple(targets.shape)}"
-    assert chunk_size > 0, "chunk_size must be positive"
-    B, T, V = logits.shape
-    if B == 1 or logits.is_contiguous():
-        segments = [(logits.reshape(B * T, V), targets.reshape(B * T))]  # [(B*T, V) view, (B*T,)]
-    else:
-        # a sliced logits[:, -T-1:-1] with B > 1 cannot be viewed as (B*T, V) and reshape would copy all of it;
-        # walk the sequences instead (each logits[b] is a (T, V) view)
-        segments = [(logits[b], targets[b]) for b in range(B)]  # B x [(T, V), (T,)]
-    suppress = None
-    if suppress_ids is not None and len(suppress_ids) > 0:
-        suppress = torch.as_tensor(suppress_ids, dtype=torch.long, device=logits.device)  # (num_suppressed,)
-    use_checkpoint = torch.is_grad_enabled() and logits.requires_grad
-    chunks = []
-    for rows_logits, rows_targets in segments:
-        for start in range(0, rows_logits.shape[0], chunk_size):
-            chunk_logits = rows_logits[start:start + chunk_size]  # (C, V)
-            chunk_targets = rows_targets[start:start + chunk_size]  # (C,)
-            if use_checkpoint:
-                chunk = checkpoint(_chunk_logps, chunk_logits, chunk_targets, temperature, suppress,
-                                   use_reentrant=False)  # (C,) fp32, recomputed in backward
-            else:
-                chunk = _chunk_logps(chunk_logits, chunk_targets, temperature, suppress)  # (C,) fp32
-            chunks.append(chunk)
-    if not chunks:  # B*T == 0
-        return torch.zeros(targets.shape, dtype=torch.float32, device=logits.device)  # (B, T) fp32
-    return torch.cat(chunks).view(B, T)  # (B, T) fp32
-
 
 # -----------------------------------------------------------------------------
 # Group advantages

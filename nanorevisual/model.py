@@ -1,93 +1,25 @@
-"""Load a Qwen2.5-VL policy and its processor, from a hub id, a local HF folder, or "tiny".
+"""Load a Qwen2.5-VL policy for training or eval: from a hub id, a local HF folder, or "tiny".
 
-One function, `load_model_and_processor`, serves every script: train_sft.py, train_grpo.py and eval.py.
-"tiny" builds (once, then caches under runs/tiny-model/) the random ~1M-parameter model of `nanorevisual.tiny`,
-so everything runs offline on CPU; any other value goes through `from_pretrained` exactly as a real
-`Qwen/Qwen2.5-VL-7B-Instruct` folder would.
+Every script checks --model with `check_model_path` before anything else loads, then calls `load_policy`: the plain
+HF model in one process, or under torchrun an FSDP2-sharded model that rank 0 alone reads from disk. "tiny" is the
+random ~1M-parameter model the toy runs use (nanorevisual/toy.py builds it once under runs/tiny-model/); any other
+value goes through `from_pretrained` exactly as a real `Qwen/Qwen2.5-VL-7B-Instruct` folder would.
 
-Pitfalls handled here (shared/pitfalls.md):
-1. No torchvision: the stock `Qwen2_5_VLProcessor` cannot be built and `AutoProcessor` silently returns a bare
-   tokenizer, so the processor is always assembled from the PIL image processor + tokenizer (§2).
-2. The chat template must carry `{% generation %}` markers for assistant-only SFT labels. The stock Qwen template
-   has none, so when a loaded template lacks them we swap in `QWEN_CHAT_TEMPLATE`, which renders the same text.
+Pitfalls handled here (docs/pitfalls.md): the checkpoint's generation_config.json sampling defaults are replaced
+by a neutral config (pitfall 7); the sharded build warms up with a forward and backward before any optimizer
+exists (pitfall 12) and broadcasts the non-persistent rotary buffers (pitfall 17).
 """
 
-import functools
 import json
 import os
 import re
 
 import torch
+import torch.distributed
 
-# Vision special tokens that must never be sampled (pitfalls.md §4): a sampled <|image_pad|> makes the
-# training forward count an extra image slot and crash.
-VISION_SPECIAL_TOKENS = ["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"]
-TINY_DIR = os.path.join("runs", "tiny-model")
-
-
-def chat_template(default_system=None):
-    """Qwen2-VL style chat template with {% generation %} around each assistant reply (incl. <|im_end|>).
-
-    No whitespace control anywhere: the string has no incidental whitespace, and a `-` next to the literal
-    newlines would eat them.
-    """
-    system = ""
-    if default_system:
-        system = ("{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n"
-                  + default_system + "<|im_end|>\n{% endif %}")
-    return (
-        "{% macro render(content) %}"
-        "{% if content is string %}{{ content }}"
-        "{% else %}{% for item in content %}"
-        "{% if item['type'] == 'image' or 'image' in item or 'image_url' in item %}"
-        "<|vision_start|><|image_pad|><|vision_end|>"
-        "{% elif item['type'] == 'video' or 'video' in item %}<|vision_start|><|video_pad|><|vision_end|>"
-        "{% elif 'text' in item %}{{ item['text'] }}{% endif %}"
-        "{% endfor %}{% endif %}"
-        "{% endmacro %}"
-        "{% for message in messages %}" + system +
-        "<|im_start|>{{ message['role'] }}\n"
-        "{% if message['role'] == 'assistant' %}"
-        "{% generation %}{{ render(message['content']) }}<|im_end|>{% endgeneration %}"
-        "{% else %}{{ render(message['content']) }}<|im_end|>{% endif %}{{ '\\n' }}"  # HF sets trim_blocks
-        "{% endfor %}"
-        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-    )
-
-
-# The stock Qwen2.5-VL template (default system prompt included), plus generation markers.
-QWEN_CHAT_TEMPLATE = chat_template(default_system="You are a helpful assistant.")
-
-
-@functools.cache
-def image_only_processor_class():
-    """Qwen2.5-VL processor without the video processor, which needs torchvision (docs/pitfalls.md, pitfall 1).
-    Built on first use, like every transformers import of this module: a script that stops on a user error never
-    pays the seconds transformers takes to import."""
-    from transformers import Qwen2_5_VLProcessor
-
-    class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
-        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-            kwargs.pop("video_processor", None)
-            super().__init__(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
-                             chat_template=chat_template, **kwargs)
-
-    return ImageOnlyQwen2_5_VLProcessor
-
-
-def load_processor(path, min_pixels=None, max_pixels=None):
-    """Image processor (PIL backend) + tokenizer from an HF folder or hub id, as one image-only processor."""
-    from transformers import AutoTokenizer, Qwen2VLImageProcessorPil
-    overrides = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
-    image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, **overrides)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    tokenizer.padding_side = "left"  # rollouts and eval generate from left-padded prompts
-    template = tokenizer.chat_template
-    if not template or "{% generation %}" not in template:
-        template = QWEN_CHAT_TEMPLATE  # renders the same text as Qwen's own, plus assistant masks
-    tokenizer.chat_template = template
-    return image_only_processor_class()(image_processor=image_processor, tokenizer=tokenizer, chat_template=template)
-
+from nanorevisual import dist, toy
+from nanorevisual.common import UserError
+from nanorevisual.processor import load_processor, stop_token_ids
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name
 
@@ -95,9 +27,8 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name
 def check_model_path(path):
     """The --model value every script accepts, checked before anything loads: "tiny" (built on first use), an HF
     folder with config.json, or a hub id (owner/name) when the hub can be reached. Returns the path to load."""
-    from nanorevisual.common import UserError
     if path == "tiny":
-        return resolve_model_path(path)
+        return toy.ensure_tiny_model()
     if os.path.isdir(path):
         if not os.path.exists(os.path.join(path, "config.json")):
             raise UserError(f"--model {path}: folder has no config.json (expected a Hugging Face checkpoint folder)")
@@ -115,8 +46,6 @@ def check_model_path(path):
 
 def is_toy_model(path):
     """The tiny model and its descendants (text hidden size <= 512) get the toy presets of every script."""
-    if path in (None, "tiny"):
-        return True
     try:
         with open(os.path.join(path, "config.json")) as f:
             cfg = json.load(f)
@@ -125,52 +54,14 @@ def is_toy_model(path):
     return cfg.get("text_config", cfg).get("hidden_size", 4096) <= 512
 
 
-def resolve_model_path(path):
-    """'tiny' -> the cached tiny model folder (built on first use); anything else unchanged."""
-    if path != "tiny":
-        return path
-    if not os.path.exists(os.path.join(TINY_DIR, "config.json")):
-        from nanorevisual.tiny import build_tiny
-        build_tiny(TINY_DIR)
-    return TINY_DIR
-
-
-def load_model_and_processor(path, *, dtype=torch.float32, attn_implementation="sdpa", grad_checkpointing=False,
-                             device="cpu", min_pixels=None, max_pixels=None, load_model=True):
-    """The one loader every script uses. Returns (model, processor); model is None when load_model=False."""
-    path = resolve_model_path(path)
-    processor = load_processor(path, min_pixels=min_pixels, max_pixels=max_pixels)
-    model = None
-    if load_model:
-        from transformers import AutoModelForImageTextToText
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
-        model.to(device)
-        if grad_checkpointing:
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-            model.config.use_cache = False
-        set_neutral_generation_config(model, processor)
-    return model, processor
-
-
-# Qwen chat models end a turn with <|im_end|> but may also emit <|endoftext|>; the released code stops on both.
-STOP_TOKENS = ["<|im_end|>", "<|endoftext|>"]
-
-
-def stop_token_ids(processor):
-    """Ids that end a completion (generation stops on either; the completion mask ends at the first of them)."""
-    tok = processor.tokenizer
-    ids = [tok.convert_tokens_to_ids(t) for t in STOP_TOKENS]
-    return [i for i in ids if i is not None and i != tok.unk_token_id]
-
-
 def set_neutral_generation_config(model, processor):
     """Replace the checkpoint's generation config by one that carries only the stop and pad ids.
 
     HF generate fills every sampling field a call leaves unset from model.generation_config, and a real
-    Qwen2.5-VL-7B-Instruct folder ships repetition_penalty 1.05, top_k 1, top_p 0.001, temperature 0.1
-    (docs/pitfalls.md, pitfall 7): rollouts would then be drawn from a penalised distribution while the loss scores
-    the plain one. With this neutral config the distribution is exactly what the caller's flags say, on every rank,
-    and the checkpoints we write carry it, so the next stage starts clean.
+    Qwen2.5-VL-7B-Instruct folder ships repetition_penalty 1.05, top_k 1, top_p 0.001, temperature 0.1 (pitfall 7):
+    rollouts would then be drawn from a penalised distribution while the loss scores the plain one. With this
+    neutral config the distribution is exactly what the caller's flags say, on every rank, and the checkpoints we
+    write carry it, so the next stage starts clean.
     """
     from transformers import GenerationConfig
     model.generation_config = GenerationConfig(eos_token_id=stop_token_ids(processor),
@@ -178,9 +69,83 @@ def set_neutral_generation_config(model, processor):
                                                bos_token_id=model.generation_config.bos_token_id)
 
 
-def vision_token_ids(processor):
-    """Ids of the vision special tokens, for generate(suppress_tokens=...) and the matching log-prob mask."""
-    return [processor.tokenizer.convert_tokens_to_ids(t) for t in VISION_SPECIAL_TOKENS]
+def load_model_and_processor(path, *, dtype=torch.float32, grad_checkpointing=False, device="cpu", min_pixels=None,
+                             max_pixels=None, load_model=True):
+    """The plain (unsharded) model and its processor; model is None when load_model=False."""
+    path = check_model_path(path)
+    processor = load_processor(path, min_pixels=min_pixels, max_pixels=max_pixels)
+    if not load_model:
+        return None, processor
+    from transformers import AutoModelForImageTextToText
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, attn_implementation="sdpa").to(device)
+    if grad_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    set_neutral_generation_config(model, processor)
+    return model, processor
+
+
+def load_policy(path, device, ddp, *, grad_checkpointing=False, freeze_vision_tower=False, min_pixels=None,
+                max_pixels=None):
+    """(model, processor) for training or eval: sharded under torchrun (rank 0 reads, the others receive), the
+    plain HF model otherwise. fp32 master weights either way (bf16 compute comes from FSDP's mixed precision or
+    from autocast). The vision tower is frozen before sharding when asked (paper §5.1: the TRL stage)."""
+    if not ddp:
+        model, processor = load_model_and_processor(path, device=device, grad_checkpointing=grad_checkpointing,
+                                                    min_pixels=min_pixels, max_pixels=max_pixels)
+        if freeze_vision_tower:
+            freeze_vision(model)
+        return model, processor
+    model = load_sharded_model(path, device, grad_checkpointing=grad_checkpointing,
+                               freeze_vision_tower=freeze_vision_tower)
+    processor = load_processor(path, min_pixels=min_pixels, max_pixels=max_pixels)
+    set_neutral_generation_config(model, processor)  # on every rank (pitfall 7)
+    warmup_forward(model, processor, device)
+    return model, processor
+
+
+def load_sharded_model(path, device, *, grad_checkpointing=False, freeze_vision_tower=False):
+    """Build the model under FSDP without N full copies in CPU RAM: every rank builds it on the meta device and
+    shards it; rank 0 alone reads the weights from disk and broadcasts them (the FSDP2 example's pattern).
+    Non-persistent buffers (rotary inv_freq) are not in the state dict, so rank 0 broadcasts those too."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(path), dtype=torch.float32)
+    if grad_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if freeze_vision_tower:
+        freeze_vision(model)
+    dist.shard_model(model, device)
+    model.to_empty(device=device)
+    full, buffers = {}, dict(model.named_buffers())
+    if torch.distributed.get_rank() == 0:
+        cpu_model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32)
+        full = cpu_model.state_dict()
+        for name, buf in cpu_model.named_buffers():
+            buffers[name].copy_(buf)
+        del cpu_model
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    for buf in buffers.values():
+        torch.distributed.broadcast(buf, src=0)
+    return model
+
+
+def warmup_forward(model, processor, device):
+    """One tiny forward (+ backward when something is trainable) before training starts.
+
+    FSDP2 initialises lazily: unshard() before the first forward fails, and after a meta-device build + to_empty
+    the first backward re-registers the sharded parameters as new objects, so an optimizer built before it would
+    hold stale tensors (pitfall 12; measured: parameter ids change once, in the first backward)."""
+    ids = processor.tokenizer("hi", return_tensors="pt")["input_ids"].to(device)
+    trainable = any(p.requires_grad for p in model.parameters())
+    with torch.set_grad_enabled(trainable):
+        logits = model(input_ids=ids, use_cache=False).logits
+    if trainable:
+        (logits.sum() * 0.0).backward()
+        for p in model.parameters():
+            p.grad = None
 
 
 def freeze_vision(model):

@@ -14,13 +14,12 @@ Correctness points (shared/pitfalls.md):
    generated positions, never from `pad_token_id` (style.md §5).
 3. The log-prob forward passes `mm_token_type_ids` (prompt types extended with zeros), so M-RoPE positions are
    those `generate` used (§3).
-4. Log-probs are of softmax(logits / temperature), the distribution that was sampled (grpo.token_logps).
+4. Log-probs are of softmax(logits / temperature), the distribution that was sampled (logprobs.completion_logps).
 """
 
 import torch
 
-from nanorevisual.data import encode_prompts
-from nanorevisual.grpo import token_logps
+from nanorevisual.prompts import encode_prompts
 
 
 @torch.no_grad()
@@ -158,15 +157,3 @@ def collate_rollouts(seqs, pad_token_id):
         batch["pixel_values"] = torch.cat(pixels)  # (n_patches, D)
         batch["image_grid_thw"] = torch.cat(grids)  # (n_images, 3)
     return batch
-
-
-def completion_logps(model, batch, *, temperature=1.0, suppress_ids=None, chunk_size=4096):
-    """Log-probs (B, T) fp32 of batch["completion_ids"] under the model; only the last T+1 positions' logits are
-    computed (logits_to_keep), then log-softmax runs in chunks (grpo.token_logps)."""
-    device = next(model.parameters()).device
-    T = batch["completion_ids"].shape[1]
-    inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "mm_token_type_ids",
-                                                "pixel_values", "image_grid_thw") if k in batch}
-    logits = model(**inputs, use_cache=False, logits_to_keep=T + 1).logits[:, :-1]  # (B, T, V) predicts completion
-    return token_logps(logits, batch["completion_ids"].to(device), temperature=temperature if temperature > 0 else 1.0,
-                       suppress_ids=suppress_ids, chunk_size=chunk_size)  # (B, T) fp32

@@ -1,10 +1,11 @@
 """Build a tiny random Qwen2.5-VL as an ordinary HF folder, offline, deterministically, in about a second.
 
-    python -m nanorevisual.tiny --out runs/tiny-model
+    python -m nanorevisual.tiny --out runs/tiny-model      # the toy runs' model (tokenizer trained on the toy text)
 
 The folder holds config.json, generation_config.json, model.safetensors, tokenizer files with the Qwen special
-tokens, a chat template with {% generation %} markers, and the PIL image processor config. Every script accepts
-`--model tiny`, which builds this folder once (runs/tiny-model/) and then loads it like any other checkpoint.
+tokens, a chat template with {% generation %} markers, and the PIL image processor config. The byte-level BPE is
+trained on a corpus the caller gives (nanorevisual/toy.py passes the toy prompts and answers). Every script
+accepts `--model tiny`, which builds the toy folder once (runs/tiny-model/) and loads it like any other checkpoint.
 
 Sizes: the "big" config of shared/toy-recipe.md §2 (text hidden 128, 4 layers, 4 heads / 2 KV heads; vision hidden
 64, depth 2), ~1.0M parameters, which learns the toy tasks on 2 CPU cores in minutes. Images are resized into
@@ -15,10 +16,9 @@ import argparse
 import os
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
 
-from nanorevisual.model import chat_template, image_only_processor_class, set_neutral_generation_config
+from nanorevisual.checkpoint import publish, save_hf_folder, temp_dir_for
+from nanorevisual.processor import chat_template, image_only_processor_class
 
 # Qwen's special tokens; ids 0..6 in the tiny vocabulary. The processor also looks up <|video_pad|>.
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -28,6 +28,8 @@ TINY_CHAT_TEMPLATE = chat_template(default_system=None)  # no default system tur
 
 def build_tokenizer(corpus, vocab_size=512):
     """Byte-level BPE trained on `corpus` (any Unicode text still round-trips through the byte alphabet)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -41,6 +43,7 @@ def build_tokenizer(corpus, vocab_size=512):
 
 
 def tiny_config(tok, hidden=128, layers=4, heads=4, kv_heads=2, vision_hidden=64, vision_depth=2):
+    from transformers import Qwen2_5_VLConfig
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     head_dim = hidden // heads
     half = head_dim // 2  # mrope_section must sum to head_dim / 2 (pitfalls.md §1)
@@ -61,24 +64,24 @@ def tiny_config(tok, hidden=128, layers=4, heads=4, kv_heads=2, vision_hidden=64
         tie_word_embeddings=False)
 
 
-def build_tiny_stack(seed=0, **config_kwargs):
-    """(model, processor) in memory: tokenizer + PIL image processor + random model, all deterministic."""
-    from nanorevisual.toy import tokenizer_corpus
-    tok = build_tokenizer(tokenizer_corpus())
+def build_tiny_stack(corpus, seed=0, **config_kwargs):
+    """(model, processor) in memory: tokenizer trained on `corpus` + PIL image processor + random model."""
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
+    tok = build_tokenizer(corpus)
     image_processor = Qwen2VLImageProcessorPil(size={"shortest_edge": 56 * 56, "longest_edge": 112 * 112},
                                                patch_size=14, temporal_patch_size=2, merge_size=2)
     processor = image_only_processor_class()(image_processor=image_processor, tokenizer=tok,
                                              chat_template=TINY_CHAT_TEMPLATE)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(tiny_config(tok, **config_kwargs))
-    set_neutral_generation_config(model, processor)
+    model.generation_config.eos_token_id = tok.convert_tokens_to_ids("<|im_end|>")
+    model.generation_config.pad_token_id = tok.pad_token_id
     return model, processor
 
 
-def build_tiny(out_dir, seed=0):
+def build_tiny(out_dir, corpus, seed=0):
     """Write the tiny stack as an HF folder (atomically: temp folder, then rename)."""
-    from nanorevisual.checkpoint import publish, save_hf_folder, temp_dir_for
-    model, processor = build_tiny_stack(seed)
+    model, processor = build_tiny_stack(corpus, seed)
     tmp = temp_dir_for(out_dir)
     os.makedirs(tmp, exist_ok=True)
     save_hf_folder(tmp, model, processor)
@@ -86,11 +89,11 @@ def build_tiny(out_dir, seed=0):
     return out_dir
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="Write a tiny random Qwen2.5-VL HF folder.")
+if __name__ == "__main__":  # a script entry point, not a library dependency: the toy corpus comes from toy.py
+    from nanorevisual.toy import tokenizer_corpus
+    parser = argparse.ArgumentParser(description="Write the tiny random Qwen2.5-VL of the toy runs as an HF folder.")
     parser.add_argument("--out", default="runs/tiny-model", help="output folder")
     parser.add_argument("--seed", type=int, default=0, help="init seed")
     args = parser.parse_args()
-    build_tiny(args.out, seed=args.seed)
-    n = sum(p.numel() for p in Qwen2_5_VLForConditionalGeneration.from_pretrained(args.out).parameters())
-    print(f"wrote tiny Qwen2.5-VL ({n:,} params) to {args.out}")
+    build_tiny(args.out, tokenizer_corpus(), seed=args.seed)
+    print(f"wrote tiny Qwen2.5-VL to {args.out}")

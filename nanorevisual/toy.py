@@ -31,12 +31,16 @@ import shutil
 import numpy as np
 from PIL import Image, ImageDraw
 
+from nanorevisual.prompts import INSTRUCTION
+from nanorevisual.tiny import build_tiny, build_tiny_stack
+
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 220),
            "yellow": (230, 210, 40), "purple": (140, 50, 170), "orange": (245, 140, 30)}
 SHAPES = ["square", "circle", "triangle"]
 COLOUR_QUESTION = "What colour is the shape?"
 COLOUR_TEMPLATES = ["There is a {c} {s}. ", "The image shows a {c} {s}. ", "A {c} {s} is drawn. ", "I see a {c} {s}. "]
 IMAGE_SIZE = 56  # 56x56 -> grid [1,4,4] -> 4 visual tokens after the 2x2 merge
+TINY_MODEL_DIR = os.path.join("runs", "tiny-model")
 
 
 def arithmetic_pairs(seed=7, num_heldout=20):
@@ -145,7 +149,6 @@ def ensure_toy_data(out_dir="data/toy"):
 
 def tokenizer_corpus():
     """Strings the tiny BPE is trained on: every toy prompt and answer, so they compress to few tokens."""
-    from nanorevisual.data import INSTRUCTION
     texts = [INSTRUCTION, COLOUR_QUESTION, "You are a helpful assistant.", "user\n", "assistant\n", "system\n"]
     for a in range(10):
         for b in range(10):
@@ -155,6 +158,18 @@ def tokenizer_corpus():
         for s in SHAPES:
             texts += [t.format(c=c, s=s) + COLOUR_QUESTION for t in COLOUR_TEMPLATES]
     return texts
+
+
+def tiny_stack(seed=0, **config_kwargs):
+    """The tiny model of the toy runs, in memory: its tokenizer is trained on the toy corpus."""
+    return build_tiny_stack(tokenizer_corpus(), seed, **config_kwargs)
+
+
+def ensure_tiny_model(out_dir=TINY_MODEL_DIR):
+    """`--model tiny`: the toy runs' tiny model folder, built on first use."""
+    if not os.path.exists(os.path.join(out_dir, "config.json")):
+        build_tiny(out_dir, tokenizer_corpus())
+    return out_dir
 
 
 if __name__ == "__main__":

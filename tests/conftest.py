@@ -17,8 +17,8 @@ torch.set_num_threads(2)
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     """The tiny model written as an HF folder once per session."""
-    from nanorevisual.tiny import build_tiny
-    return build_tiny(str(tmp_path_factory.mktemp("tiny") / "model"))
+    from nanorevisual.toy import ensure_tiny_model
+    return ensure_tiny_model(str(tmp_path_factory.mktemp("tiny") / "model"))
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +41,7 @@ def toy_dir(tmp_path_factory):
 def qwen_dir(tmp_path_factory):
     """The tiny model in a folder laid out like Qwen2.5-VL-7B-Instruct, with its generation_config.json sampling
     defaults (repetition penalty raised to 1.3) and bf16 shards: what a real --model folder looks like."""
-    from nanorevisual.tiny import build_tiny_stack
+    from nanorevisual.toy import tiny_stack as build_tiny_stack
     from qwen_folder import write_qwen_style_folder
     out = str(tmp_path_factory.mktemp("qwen") / "Qwen2.5-VL-7B-Instruct")
     write_qwen_style_folder(*build_tiny_stack(), out)

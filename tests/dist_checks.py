@@ -15,8 +15,9 @@ import sys
 import torch
 
 from nanorevisual import checkpoint, dist
-from nanorevisual.data import build_messages, encode_prompts
-from nanorevisual.model import load_model_and_processor, vision_token_ids
+from nanorevisual.prompts import build_messages, encode_prompts
+from nanorevisual.model import load_model_and_processor, load_policy
+from nanorevisual.processor import vision_token_ids
 from nanorevisual.rollout import generate_rollouts
 
 tiny_dir, out_dir = sys.argv[1], sys.argv[2]
@@ -24,7 +25,7 @@ ddp, rank, _, world_size, device = dist.compute_init(timeout_s=60)
 assert ddp and world_size == 2
 torch.manual_seed(0)
 
-model, processor = dist.load_policy(tiny_dir, device, ddp)
+model, processor = load_policy(tiny_dir, device, ddp)
 plain, _ = load_model_and_processor(tiny_dir)
 msgs = [build_messages("What is 3+4?", []), build_messages("What is 5+1?", [])]
 from PIL import Image  # noqa: E402

@@ -15,9 +15,11 @@ import torch
 from PIL import Image
 
 from nanorevisual import dist
-from nanorevisual.data import build_messages
-from nanorevisual.model import vision_token_ids
-from nanorevisual.rollout import collate_rollouts, completion_logps, generate_rollouts
+from nanorevisual.prompts import build_messages
+from nanorevisual.logprobs import completion_logps
+from nanorevisual.model import load_policy
+from nanorevisual.processor import vision_token_ids
+from nanorevisual.rollout import collate_rollouts, generate_rollouts
 
 ROLLOUT = dict(group_size=2, max_new_tokens=12, temperature=1.0, top_p=1.0, micro_batch_size=4, seed=4)
 
@@ -31,7 +33,7 @@ def prompts():
 if __name__ == "__main__":
     qwen_dir, out_dir = sys.argv[1], sys.argv[2]
     ddp, rank, _, world_size, device = dist.compute_init(timeout_s=120)
-    model, processor = dist.load_policy(qwen_dir, device, ddp)
+    model, processor = load_policy(qwen_dir, device, ddp)
     model.eval()
     suppress = vision_token_ids(processor)
     local = len(prompts()) // world_size

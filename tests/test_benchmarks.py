@@ -327,7 +327,7 @@ def test_bad_rows_give_one_line_errors_naming_file_row_and_field(tmp_path):
     assert _error("mathvista", path) == "mathvista.json:2: field 'answer': missing"
     path = _write_json(tmp_path / "mathvista.json", [{**good, "image": "images/nope.jpg"}])
     message = _error("mathvista", path)
-    assert message.startswith("mathvista.json:1: field 'image': image file not found: images/nope.jpg")
+    assert message.startswith("mathvista.json:1: field 'image': image not found: images/nope.jpg")
     path = _write_json(tmp_path / "mathvista.json", [{**good, "question_type": "multi_choice", "choices": ["1", "3"]}])
     assert _error("mathvista", path) == "mathvista.json:1: field 'answer': '2' is not one of 'choices'"
     path = _write_json(tmp_path / "mathvista.json", [good, good])
@@ -357,7 +357,7 @@ def test_missing_pyarrow_gives_install_hint(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     path = tmp_path / "testmini.parquet"
     path.write_bytes(b"PAR1")
-    with pytest.raises(ImportError, match=r"^reading parquet needs pyarrow: pip install pyarrow$"):
+    with pytest.raises(ImportError, match=r"testmini.parquet: reading parquet needs pyarrow: pip install pyarrow$"):
         load_benchmark("mathvista", str(path))
 
 

@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from nanorevisual import data
-from nanorevisual.data import IGNORE_INDEX, DataError
+from nanorevisual import data, prompts
+from nanorevisual.files import DataError
+from nanorevisual.prompts import IGNORE_INDEX
 
 
 def write(path, rows):
@@ -36,7 +37,7 @@ def test_assistant_mask_on_row_with_image(img_dir, tiny_stack):
                                                    {"type": "text", "text": "What colour is the shape?"}]},
                       {"role": "assistant", "content": "<think>The shape is red.</think> \\boxed{red}"}]}])
     (row,) = data.load_sft_rows(path)
-    enc = data.encode_sft_row(processor, row["messages"], max_length=512)
+    enc = prompts.encode_sft_row(processor, row["messages"], max_length=512)
     tok = processor.tokenizer
     label_ids = enc["labels"][enc["labels"] != IGNORE_INDEX]
     # exactly the assistant reply and its closing <|im_end|>, nothing else
@@ -53,18 +54,18 @@ def test_problem_response_rows_use_the_rl_prompt(tmp_path, tiny_stack):
     _, processor = tiny_stack
     path = write(tmp_path / "sft.jsonl", [{"problem": "What is 3+4?", "response": "<think>3+4=7</think> \\boxed{7}"}])
     (row,) = data.load_sft_rows(path)
-    assert row["messages"][0]["content"][-1]["text"] == "What is 3+4?" + data.INSTRUCTION
-    enc = data.encode_sft_row(processor, row["messages"], max_length=512)
+    assert row["messages"][0]["content"][-1]["text"] == "What is 3+4?" + prompts.INSTRUCTION
+    enc = prompts.encode_sft_row(processor, row["messages"], max_length=512)
     assert processor.tokenizer.decode(enc["labels"][enc["labels"] != IGNORE_INDEX]).endswith("\\boxed{7}<|im_end|>")
 
 
 def test_image_markers_place_images(img_dir):
     red = str(img_dir / "red.png")
-    msgs = data.build_messages("Compare <image> with <image>.", [red, red])
+    msgs = prompts.build_messages("Compare <image> with <image>.", [red, red])
     kinds = [item["type"] for item in msgs[0]["content"]]
     assert kinds == ["text", "image", "text", "image", "text"]
-    assert msgs[0]["content"][-1]["text"] == "." + data.INSTRUCTION
-    msgs = data.build_messages("What colour?", [red])  # no markers: images first
+    assert msgs[0]["content"][-1]["text"] == "." + prompts.INSTRUCTION
+    msgs = prompts.build_messages("What colour?", [red])  # no markers: images first
     assert [item["type"] for item in msgs[0]["content"]] == ["image", "text"]
 
 
@@ -73,12 +74,12 @@ def test_truncation_only_inside_assistant(tmp_path, tiny_stack):
     long_reply = "<think>" + "3+4=7 " * 60 + "</think> \\boxed{7}"
     path = write(tmp_path / "sft.jsonl", [{"problem": "What is 3+4?", "response": long_reply}])
     (row,) = data.load_sft_rows(path)
-    full = data.encode_sft_row(processor, row["messages"], max_length=10_000)
+    full = prompts.encode_sft_row(processor, row["messages"], max_length=10_000)
     prompt_len = int((full["labels"] != IGNORE_INDEX).nonzero()[0])  # first assistant token
-    cut = data.encode_sft_row(processor, row["messages"], max_length=prompt_len + 5)
+    cut = prompts.encode_sft_row(processor, row["messages"], max_length=prompt_len + 5)
     assert cut["input_ids"].numel() == prompt_len + 5
     assert (cut["labels"] != IGNORE_INDEX).sum() == 5
-    assert data.encode_sft_row(processor, row["messages"], max_length=prompt_len - 1) is None  # prompt too long
+    assert prompts.encode_sft_row(processor, row["messages"], max_length=prompt_len - 1) is None  # prompt too long
 
 
 def test_collate_right_pads_and_concatenates_pixels(img_dir, tiny_stack):
@@ -87,8 +88,8 @@ def test_collate_right_pads_and_concatenates_pixels(img_dir, tiny_stack):
         {"problem": "<image>What colour is the shape?", "response": "red", "images": ["red.png"]},
         {"problem": "What is 3+4?", "response": "<think>3+4=7</think> \\boxed{7}"},
         {"problem": "<image>Again?", "response": "red", "images": ["red.png"]}])
-    encoded = [data.encode_sft_row(processor, r["messages"], 512) for r in data.load_sft_rows(path)]
-    batch = data.collate_sft(encoded, processor.tokenizer.pad_token_id)
+    encoded = [prompts.encode_sft_row(processor, r["messages"], 512) for r in data.load_sft_rows(path)]
+    batch = prompts.collate_sft(encoded, processor.tokenizer.pad_token_id)
     B, L = batch["input_ids"].shape
     assert B == 3 and L == max(e["input_ids"].numel() for e in encoded)
     assert batch["pixel_values"].shape[0] == 2 * 16 and batch["image_grid_thw"].shape == (2, 3)

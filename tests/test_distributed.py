@@ -125,7 +125,8 @@ def test_rollouts_on_a_qwen_config_checkpoint_equal_one_process(tmp_path, qwen_d
     2 ranks sample what one process samples, and generate's scores equal the sharded log-prob forward."""
     from dist_rollout_checks import ROLLOUT, prompts
 
-    from nanorevisual.model import load_model_and_processor, vision_token_ids
+    from nanorevisual.model import load_model_and_processor
+    from nanorevisual.processor import vision_token_ids
     from nanorevisual.rollout import generate_rollouts
     launch("tests/dist_rollout_checks.py", qwen_dir, str(tmp_path))
     two = json.load(open(tmp_path / "rollouts.json"))

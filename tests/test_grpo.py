@@ -11,10 +11,9 @@ import statistics
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from nanorevisual.grpo import (LOG_RATIO_MAX, LOG_RATIO_MIN, PAD_PRESETS, group_advantages, pad_select, pad_tau,
-                               policy_loss, token_logps)
+                               policy_loss)
 
 INF = float("inf")
 
@@ -294,86 +293,3 @@ def test_pad_presets_and_tau():
     assert pad_tau(50, 101, 1.0, 0.3) == pytest.approx(0.65)
     assert pad_tau(100, 101, 1.0, 0.3) == pytest.approx(0.3)
     assert pad_tau(500, 101) == pytest.approx(0.3)
-
-
-# -----------------------------------------------------------------------------
-# token_logps
-
-
-def naive_logps(logits, targets, temperature, suppress_ids):
-    scaled = logits.float() / temperature  # (B, T, V) fp32
-    if suppress_ids:
-        scaled[..., suppress_ids] = -INF
-    return -F.cross_entropy(scaled.transpose(1, 2), targets, reduction="none")  # (B, T)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("chunk_size", [1, 5, 7, 26, 4096])
-def test_token_logps_matches_cross_entropy(dtype, chunk_size):
-    B, T, V, temperature, suppress = 2, 13, 50, 0.7, [3, 7]
-    g = torch.Generator().manual_seed(chunk_size)
-    logits = (3 * torch.randn(B, T, V, generator=g)).to(dtype)  # (B, T, V)
-    targets = torch.randint(0, V, (B, T), generator=g)  # (B, T)
-    targets[torch.isin(targets, torch.tensor(suppress))] = 0
-    x = logits.clone().requires_grad_()
-    got = token_logps(x, targets, temperature=temperature, suppress_ids=suppress, chunk_size=chunk_size)
-    x_ref = logits.clone().requires_grad_()
-    want = naive_logps(x_ref, targets, temperature, suppress)
-    assert got.dtype == torch.float32 and got.shape == (B, T)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    weights = torch.randn(B, T, generator=g)  # (B, T) arbitrary upstream gradient
-    (got * weights).sum().backward()
-    (want * weights).sum().backward()
-    tol = 1e-6 if dtype == torch.float32 else 1e-2
-    torch.testing.assert_close(x.grad, x_ref.grad, rtol=tol, atol=tol)
-    assert torch.all(x.grad[..., suppress] == 0)
-    with torch.no_grad():  # the no-grad path (no checkpointing) gives the same values
-        torch.testing.assert_close(token_logps(logits, targets, temperature=temperature, suppress_ids=suppress,
-                                               chunk_size=chunk_size), got.detach(), rtol=0, atol=0)
-
-
-def test_token_logps_reproduces_hf_generate_scores():
-    from transformers.generation.logits_process import SuppressTokensLogitsProcessor, TemperatureLogitsWarper
-
-    B, V, temperature, suppress = 3, 40, 0.6, [5, 11, 39]
-    logits = torch.randn(B, 1, V, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)  # (B, 1, V)
-    targets = torch.tensor([[0], [6], [38]])  # (B, 1)
-    scores = logits[:, -1].to(dtype=torch.float32)  # (B, V) HF generate's fp32 copy of the last logits
-    scores = SuppressTokensLogitsProcessor(suppress)(None, scores)  # (B, V)
-    scores = TemperatureLogitsWarper(temperature)(None, scores)  # (B, V)
-    want = F.log_softmax(scores, dim=-1).gather(1, targets)  # (B, 1)
-    got = token_logps(logits, targets, temperature=temperature, suppress_ids=suppress)  # (B, 1)
-    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
-    suppressed = token_logps(logits, torch.tensor([[5], [11], [39]]), suppress_ids=suppress)  # (B, 1)
-    assert torch.all(suppressed == -INF)  # documented: a suppressed target has probability 0
-
-
-def test_token_logps_keeps_no_fp32_copy_for_backward():
-    logits = torch.randn(2, 32, 300, dtype=torch.bfloat16, requires_grad=True)  # (B, T, V)
-    targets = torch.randint(0, 300, (2, 32))  # (B, T)
-    saved_bytes = []
-
-    def pack(x):
-        saved_bytes.append(x.numel() * x.element_size())
-        return x
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
-        token_logps(logits, targets, chunk_size=10)
-    # only the bf16 logits (as chunk views) and the targets, not logsumexp's fp32 (C, V) inputs
-    assert sum(saved_bytes) <= logits.numel() * logits.element_size() + targets.numel() * 8
-
-
-def test_token_logps_on_a_sliced_batch():
-    # the training script passes logits[:, -T-1:-1] of a (B, L, V) forward: non-contiguous for B > 1
-    g = torch.Generator().manual_seed(5)
-    full = torch.randn(3, 20, 40, generator=g, requires_grad=True)  # (B, L, V)
-    targets = torch.randint(0, 40, (3, 9), generator=g)  # (B, T)
-    sliced = full[:, -10:-1]  # (B, T, V) non-contiguous view
-    assert not sliced.is_contiguous()
-    got = token_logps(sliced, targets, temperature=1.3, chunk_size=4)  # (B, T)
-    got.sum().backward()
-    grad, full.grad = full.grad, None
-    want = naive_logps(full[:, -10:-1], targets, 1.3, None)  # (B, T)
-    want.sum().backward()
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(grad, full.grad, rtol=1e-6, atol=1e-6)

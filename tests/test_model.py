@@ -10,9 +10,11 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText
 
-from nanorevisual.data import build_messages, encode_prompts
-from nanorevisual.model import QWEN_CHAT_TEMPLATE, load_model_and_processor, vision_token_ids
-from nanorevisual.tiny import SPECIAL_TOKENS, build_tiny_stack
+from nanorevisual.prompts import build_messages, encode_prompts
+from nanorevisual.model import load_model_and_processor
+from nanorevisual.processor import QWEN_CHAT_TEMPLATE, vision_token_ids
+from nanorevisual.tiny import SPECIAL_TOKENS
+from nanorevisual.toy import tiny_stack as build_tiny_stack
 from qwen_folder import STOCK_QWEN_TEMPLATE, write_qwen_style_folder
 
 def mixed_batch(processor):

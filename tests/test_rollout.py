@@ -7,9 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from nanorevisual.data import build_messages, encode_prompts
-from nanorevisual.model import vision_token_ids
-from nanorevisual.rollout import (collate_rollouts, completion_length, completion_logps, generate_rollouts,
+from nanorevisual.prompts import build_messages, encode_prompts
+from nanorevisual.processor import vision_token_ids
+from nanorevisual.logprobs import completion_logps
+from nanorevisual.rollout import (collate_rollouts, completion_length, generate_rollouts,
                                   split_pixels)
 
 

@@ -12,7 +12,7 @@ import sys
 import torch
 from transformers import AutoModelForImageTextToText
 
-from nanorevisual.data import build_messages, encode_prompts
+from nanorevisual.prompts import build_messages, encode_prompts
 from nanorevisual.model import load_model_and_processor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

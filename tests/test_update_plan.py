@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from nanorevisual.grpo import group_micro_batches, plan_token_counts, plan_update, policy_loss
-from nanorevisual.model import vision_token_ids
-from nanorevisual.rollout import collate_rollouts, completion_logps, generate_rollouts
+from nanorevisual.processor import vision_token_ids
+from nanorevisual.logprobs import completion_logps
+from nanorevisual.rollout import collate_rollouts, generate_rollouts
 
 
 def reference_steps(selected, optim_batch_seqs):
@@ -75,7 +76,7 @@ def test_token_budget_sorts_by_length_and_bounds_padding():
 def test_gradient_does_not_depend_on_the_grouping(tiny_stack):
     """Sum over micro-batches of token-sum / global token count == one token mean over the step, however grouped."""
     model, processor = tiny_stack
-    from nanorevisual.data import build_messages
+    from nanorevisual.prompts import build_messages
     suppress = vision_token_ids(processor)
     msgs = [build_messages("What is 3+4?", []), build_messages("What is 12+9? Think.", [])]
     model.eval()

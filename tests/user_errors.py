@@ -155,7 +155,7 @@ def run_all(base, tiny_dir, jobs=2):
 if __name__ == "__main__":
     import tempfile
     sys.path.insert(0, ROOT)
-    from nanorevisual.tiny import build_tiny
+    from nanorevisual.toy import ensure_tiny_model as build_tiny
     with tempfile.TemporaryDirectory() as tmp:
         results = run_all(tmp, build_tiny(os.path.join(tmp, "tiny")))
     for script in ("train_sft.py", "train_grpo.py", "eval.py"):

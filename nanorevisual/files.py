@@ -1,0 +1,108 @@
+"""Reading user files, shared by the training data (data.py) and the benchmarks (benchmarks.py): rows from
+.jsonl / .json / .csv / .parquet files, and images from paths, bytes or Hugging Face image dicts.
+
+Every problem is reported as one line naming the file, the line (or row) and the field, e.g.
+`data/rl.jsonl:17: field 'images': image not found: img/17.png`; the scripts print it without a traceback.
+Row helpers raise ValueError("field 'X': ...") and the loop that knows the file and line adds the location.
+"""
+
+import csv
+import io
+import json
+import os
+
+from PIL import Image
+
+from nanorevisual.common import MissingPackage, UserError
+
+READABLE = (".jsonl", ".json", ".csv", ".parquet")
+
+
+class DataError(UserError, ValueError):
+    """A bad input file or row; the message is one line: "file:line: field 'X': problem"."""
+
+
+def read_records(path):
+    """[(line or row number counted from 1, row)] from a .jsonl, .json (a list of rows, a dict of rows keyed by id,
+    or JSON lines), .csv or .parquet file (parquet needs pyarrow)."""
+    if not os.path.exists(path):
+        raise DataError(f"{path}: file not found")
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a folder; expected a {', '.join(READABLE)} file")
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in READABLE:
+        raise DataError(f"{path}: unsupported file type (expected {', '.join(READABLE)})")
+    if ext == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise MissingPackage(f"{path}: reading parquet needs pyarrow: pip install pyarrow") from None
+        return list(enumerate(pq.read_table(path).to_pylist(), start=1))
+    with open(path, encoding="utf-8-sig") as f:  # utf-8-sig: tolerate a byte-order mark
+        if ext == ".csv":
+            return [(i, dict(row)) for i, row in enumerate(csv.DictReader(f), start=1)]
+        text = f.read()
+    if ext == ".json":
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            if "Extra data" not in e.msg:  # a .json file holding JSON lines is read as such below
+                raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+        else:
+            if isinstance(rows, dict) and rows and all(isinstance(v, dict) for v in rows.values()):
+                return [(i, {"_key": key, **row}) for i, (key, row) in enumerate(rows.items(), start=1)]
+            if not isinstance(rows, list):
+                raise DataError(f"{path}:1: expected a JSON list of rows or a dict of rows keyed by id")
+            return list(enumerate(rows, start=1))
+    records = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append((lineno, json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
+    return records
+
+
+def check_row(row):
+    if not isinstance(row, dict):
+        raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+    return row
+
+
+def load_image(value, base_dir, field="images"):
+    """A path (relative to base_dir or its images/ folder), raw bytes, an HF {"bytes", "path"} dict or a PIL image
+    -> a PIL image or an absolute path, checked now: the file exists and PIL can decode it."""
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, dict):
+        value = value.get("bytes") or value.get("path")
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            image = Image.open(io.BytesIO(value))
+            image.load()
+        except Exception as e:  # PIL raises several types for bad bytes
+            raise ValueError(f"field '{field}': undecodable image bytes ({type(e).__name__})") from None
+        return image
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"field '{field}': must hold paths or images, got {type(value).__name__}")
+    rel = value.strip()
+    path = next((os.path.abspath(c) for c in (rel, os.path.join(base_dir, rel), os.path.join(base_dir, "images", rel))
+                 if os.path.isfile(c)), None)
+    if path is None:
+        raise ValueError(f"field '{field}': image not found: {rel}")
+    try:
+        with Image.open(path) as image:
+            image.verify()  # reads the file and checks it decodes, keeps nothing in memory
+    except Exception as e:
+        raise ValueError(f"field '{field}': undecodable image {rel} ({type(e).__name__})") from None
+    return path
+
+
+def open_image(image):
+    """A loaded image (PIL or path) as RGB."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    with Image.open(image) as img:
+        return img.convert("RGB")

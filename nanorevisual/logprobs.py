@@ -1,0 +1,124 @@
+"""Token log-probs through the model without ever holding a (B, T, V) tensor, forward or backward.
+
+`sequence_logps(model, inputs, targets)` runs the base model to its last hidden states and then, chunk by chunk of
+rows, the LM head, the temperature, the suppressed-token mask, the log-softmax and the gather, inside a
+hand-written torch.autograd.Function (`ChunkedHeadLogps`) whose backward recomputes each chunk's logits and
+accumulates the gradients of the hidden states and of the LM-head weight. At Qwen2.5-VL-7B's vocabulary (152,064)
+the logits of one 8k-token completion are 2.5 GB in fp32, and a plain log_softmax keeps several copies of them
+(bench/bench_logps_memory.py measures both paths).
+
+`completion_logps(model, batch)` is the GRPO call (old, reference and training log-probs of rollout batches);
+train_sft.py uses `sequence_logps` with the labels as targets.
+
+Correctness points (docs/pitfalls.md):
+1. Log-probs are of softmax(logits / temperature) with the suppressed vision tokens at -inf: exactly the
+   distribution generate sampled from (pitfalls 4 and 6). Upcast to fp32 first, then divide, as generate does.
+2. Under FSDP2 the LM-head weight (and the embeddings and final norm) belong to the root unit, whose parameters
+   are only gathered inside a forward that FSDP knows about. The hidden-states-then-head computation is therefore
+   registered as an FSDP forward method of the model (`register_fsdp_forward_method`, once per model), so the root
+   unit unshards before it and its gradients are reduce-scattered after backward like any other (pitfall 11).
+
+Shape legend: see nanorevisual/grpo.py (B sequences, T target positions, V vocabulary, H hidden size, C rows of a chunk).
+"""
+
+import types
+
+import torch
+
+CHUNK_ROWS = 512  # rows per chunk: 512 x 152,064 fp32 logits = 311 MB at the 7B vocabulary (a few live at once)
+
+
+class ChunkedHeadLogps(torch.autograd.Function):
+    """log softmax(hidden @ weight.T / temperature)[target] per row, one chunk of rows at a time.
+
+    hidden (N, H), weight (V, H), targets (N,) long, suppress (S,) long or None -> (N,) fp32.
+    Forward keeps only the inputs and the per-row log-normaliser (N,); backward recomputes a chunk's logits, turns
+    them into d logp / d logits = (onehot(target) - softmax) / temperature times the incoming gradient, and adds that
+    chunk's share to d hidden (C, H) and d weight (V, H). The weight gradient accumulates in the weight's dtype."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, temperature, suppress, chunk_rows):
+        w = weight.to(hidden.dtype)  # (V, H) one copy at most (fp32 master weights under single-GPU autocast)
+        acc = torch.promote_types(hidden.dtype, torch.float32)  # fp32 (fp64 only in gradcheck)
+        out = torch.empty(hidden.shape[0], dtype=acc, device=hidden.device)  # (N,)
+        log_norm = torch.empty_like(out)  # (N,)
+        for start in range(0, hidden.shape[0], chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            logits = _scaled_logits(hidden[rows], w, temperature, suppress)  # (C, V) fp32
+            log_norm[rows] = torch.logsumexp(logits, dim=1)  # (C,)
+            out[rows] = logits.gather(1, targets[rows, None]).squeeze(1) - log_norm[rows]  # (C,)
+        ctx.save_for_backward(hidden, weight, targets, log_norm, suppress)
+        ctx.temperature, ctx.chunk_rows = temperature, chunk_rows
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # grad_out (N,)
+        hidden, weight, targets, log_norm, suppress = ctx.saved_tensors
+        w = weight.to(hidden.dtype)  # (V, H)
+        grad_hidden = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None  # (N, H)
+        grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None  # (V, H)
+        for start in range(0, hidden.shape[0], ctx.chunk_rows):
+            rows = slice(start, start + ctx.chunk_rows)
+            go = grad_out[rows].to(log_norm.dtype)  # (C,)
+            grad_logits = _scaled_logits(hidden[rows], w, ctx.temperature, suppress)  # (C, V) fp32
+            grad_logits.sub_(log_norm[rows, None]).exp_().mul_(-go[:, None])  # (C, V) -softmax * go, in place
+            grad_logits.scatter_add_(1, targets[rows, None], go[:, None])  # (C, V) + onehot(target) * go
+            grad_logits.div_(ctx.temperature)  # (C, V) d loss / d raw logits
+            if suppress is not None:
+                grad_logits.index_fill_(1, suppress, 0.0)  # (C, V) masked logits are constants: no gradient
+            if grad_hidden is not None:
+                grad_hidden[rows] = (grad_logits.to(w.dtype) @ w).to(hidden.dtype)  # (C, H)
+            if grad_weight is not None:
+                grad_weight.addmm_(grad_logits.t().to(weight.dtype), hidden[rows].to(weight.dtype))  # (V, H)
+        return grad_hidden, grad_weight, None, None, None, None
+
+
+def _scaled_logits(hidden_rows, w, temperature, suppress):
+    """(C, H) @ (H, V) -> fp32 logits / temperature with suppressed ids at -inf, the distribution generate samples."""
+    logits = (hidden_rows @ w.t()).to(torch.promote_types(hidden_rows.dtype, torch.float32))  # (C, V) fp32
+    if temperature != 1.0:
+        logits.div_(temperature)
+    if suppress is not None:
+        logits.index_fill_(1, suppress, float("-inf"))  # as HF's SuppressTokensLogitsProcessor
+    return logits
+
+
+def head_logps(hidden, weight, targets, *, temperature=1.0, suppress_ids=None, chunk_rows=CHUNK_ROWS):
+    """(B, T, H) hidden states, (V, H) LM-head weight, (B, T) targets -> (B, T) fp32 log-probs, chunked."""
+    B, T, H = hidden.shape
+    suppress = None
+    if suppress_ids is not None and len(suppress_ids) > 0:
+        suppress = torch.as_tensor(suppress_ids, dtype=torch.long, device=hidden.device)  # (S,)
+    flat = ChunkedHeadLogps.apply(hidden.reshape(B * T, H), weight, targets.reshape(B * T), float(temperature),
+                                  suppress, chunk_rows)  # (B*T,)
+    return flat.view(B, T)  # (B, T)
+
+
+def _hidden_then_head(model, inputs, targets, temperature, suppress_ids, chunk_rows):
+    """The base model's last hidden states at the T positions that predict `targets`, then the chunked head.
+    Registered as an FSDP forward method (module docstring, point 2), so it is called as a bound method."""
+    T = targets.shape[1]
+    hidden = model.model(**inputs, use_cache=False).last_hidden_state  # (B, L, H)
+    hidden = hidden[:, hidden.shape[1] - T - 1:-1]  # (B, T, H) position t predicts token t + 1
+    return head_logps(hidden, model.lm_head.weight, targets, temperature=temperature, suppress_ids=suppress_ids,
+                      chunk_rows=chunk_rows)
+
+
+def sequence_logps(model, inputs, targets, *, temperature=1.0, suppress_ids=None, chunk_rows=CHUNK_ROWS):
+    """Log-probs (B, T) fp32 of `targets`, the last T tokens of inputs["input_ids"] (B, L), under the model.
+    inputs: input_ids, attention_mask, mm_token_type_ids (M-RoPE, pitfall 5), pixel_values, image_grid_thw."""
+    if not hasattr(model, "nr_hidden_then_head"):  # once per model; a no-op for an unsharded model
+        from torch.distributed.fsdp import register_fsdp_forward_method
+        model.nr_hidden_then_head = types.MethodType(_hidden_then_head, model)
+        register_fsdp_forward_method(model, "nr_hidden_then_head")
+    return model.nr_hidden_then_head(inputs, targets, temperature if temperature > 0 else 1.0, suppress_ids,
+                                     chunk_rows)
+
+
+def completion_logps(model, batch, *, temperature=1.0, suppress_ids=None, chunk_rows=CHUNK_ROWS):
+    """Log-probs (B, T) fp32 of batch["completion_ids"] (rollout.collate_rollouts) under the model."""
+    device = next(model.parameters()).device
+    inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values",
+                                                "image_grid_thw") if k in batch}
+    return sequence_logps(model, inputs, batch["completion_ids"].to(device), temperature=temperature,
+                          suppress_ids=suppress_ids, chunk_rows=chunk_rows)
