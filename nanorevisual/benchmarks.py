@@ -63,7 +63,7 @@ Deviations from the paper / released eval (CSfufu/Revisual-R1 eval/src, paper.md
    which can score models that do not box their answer lower.
 2. The released eval compares lower-cased, space-stripped, character-sorted strings. Here multiple choice is
    compared by letter (`extract_choice`, which also maps a boxed option text to its letter) and free form by
-   `nanorevisual.rewards.grade` (math equivalence).
+   `nanorevisual.grader.grade` (math equivalence).
 3. GPQA: the four answers are shuffled with a per-question seed (sha256 of "0:" + question), so the gold
    letter is reproducible; no GPQA script was released.
 4. AIME: Table 2 reports the mean over 8 samples (paper.md §6); one record per problem with
@@ -88,6 +88,7 @@ import random
 import re
 
 from nanorevisual.files import READABLE, check_row, load_image, read_records
+from nanorevisual.grader import choice_letter, extract_boxed, grade, plain_text
 
 BENCHMARKS = ["mathverse", "mathvision", "mathvista", "dynamath", "wemath", "logicvista",
               "aime24", "aime25", "gpqa", "math500"]
@@ -552,26 +553,13 @@ def load_benchmark(name, path, *, limit=None):
 # grading
 
 
-def _strip_latex(text):
-    """\\text{B} -> B, $x$ -> x, **B** -> B (repeated for nesting), outer whitespace removed."""
-    text = str(text)
-    for _ in range(3):
-        text = re.sub(r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mbox|boxed)\s*\{([^{}]*)\}", r"\1", text)
-    return text.replace("$", "").replace("**", "").strip()
-
-
 def _normalize_text(text):
     """Option-text comparison key: LaTeX wrappers and spaces removed, degrees unified, lower case."""
-    text = _strip_latex(text).lower()
+    text = plain_text(text).lower()
     for degree in ("^{\\circ}", "^\\circ", "\\circ", "\\degree"):
         text = text.replace(degree, "°")
     text = text.replace("\\%", "%").replace("\\left", "").replace("\\right", "")
     return re.sub(r"\s+", "", text).rstrip(".")
-
-
-# "B", "(B)", "B.", "B)", "B: text", "(B) text", "Option B", "the answer is B"
-_LETTER = re.compile(r"(?:(?:the\s+)?(?:correct\s+)?(?:option|choice|answer)(?:\s+is)?\s*[:\-]?\s*)?"
-                     r"(?:\((?P<paren>[A-Za-z])\)(?:\s.*)?|(?P<bare>[A-Za-z])(?:[.:)．：]\s*.*)?)", re.I | re.S)
 
 
 def extract_choice(completion, options):
@@ -581,16 +569,13 @@ def extract_choice(completion, options):
     (normalised, case-insensitive; ambiguous -> None), or several letters ("A, C" -> "AC", for LogicVista).
     With options == {} (choices drawn in the image) any letter is accepted.
     """
-    from nanorevisual.rewards import extract_boxed  # imported here: rewards is its own module
-
     boxed = extract_boxed(completion)
     if boxed is None:
         return None
-    text = _strip_latex(boxed)
+    text = plain_text(boxed)
     if not text:
         return None
-    m = _LETTER.fullmatch(text)
-    letter = (m.group("paren") or m.group("bare")).upper() if m else None
+    letter = choice_letter(text)
     if letter is not None and (not options or letter in options):
         return letter
     hits = [k for k, v in options.items() if _normalize_text(v) == _normalize_text(text)]
@@ -603,7 +588,7 @@ def extract_choice(completion, options):
 
 
 def _to_float(text):
-    text = _strip_latex(text)
+    text = plain_text(text)
     if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", text):
         text = text.replace(",", "")
     try:
@@ -674,14 +659,12 @@ def paper_metric(benchmark, items):
 
 
 def grade_item(completion, record):
-    """(extracted answer, correct) for one completion: by letter for multiple choice, else rewards.grade on the
+    """(extracted answer, correct) for one completion: by letter for multiple choice, else grader.grade on the
     last \\boxed{}; numeric predictions are rounded to meta["precision"] (MathVista) or compared within
     meta["tolerance"] (DynaMath floats) first."""
     if record["kind"] == "choice":
         predicted = extract_choice(completion, record["options"])
         return predicted, predicted is not None and predicted == record["answer"]
-    from nanorevisual.rewards import extract_boxed, grade
-
     predicted = extract_boxed(completion)
     if predicted is None:
         return None, False

@@ -335,7 +335,7 @@ def test_bad_rows_give_one_line_errors_naming_file_row_and_field(tmp_path):
                                          "(first at row 1)")
     path = tmp_path / "aime.jsonl"
     path.write_text('{"problem": "p", "answer": "1"}\n{"problem": oops}\n')
-    assert _error("aime24", str(path)).startswith("aime.jsonl:2: invalid JSON")
+    assert _error("aime24", str(path)).startswith("aime.jsonl:2: malformed JSON")
     path = _write_jsonl(tmp_path / "aime.jsonl", [{"problem": "p", "answer": "12.5"}])
     assert _error("aime24", path) == "aime.jsonl:1: field 'answer': AIME answers are integers, got '12.5'"
     path = _write_jsonl(tmp_path / "own.jsonl", [{"id": "x", "problem": "<image><image>two?", "answer": "1",

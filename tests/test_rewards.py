@@ -1,6 +1,6 @@
 """
-Tests for nanorevisual/rewards.py: the math answer checker (table-driven), box extraction, the format, length and
-accuracy rewards, and their weighted combination. Pure Python, hermetic, well under a second:
+Tests for nanorevisual/grader.py (the math answer checker, table-driven, and box extraction) and
+nanorevisual/rewards.py (the format, length and accuracy rewards, and their weighted combination). Pure Python, hermetic, well under a second:
 
     python -m pytest -q tests/test_rewards.py
 """
@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from nanorevisual.rewards import (accuracy_reward, compute_rewards, extract_boxed, format_reward, grade,
-                                  length_reward, normalize_answer)
+from nanorevisual.grader import extract_boxed, grade, normalize_answer
+from nanorevisual.rewards import accuracy_reward, compute_rewards, format_reward, length_reward
 
 GOOD = "<think>3+4=7</think> \\boxed{7}"  # the module docstring's example completion
 
@@ -133,6 +133,9 @@ GRADE_CASES = [
     ("\\text{B}", "B", True),
     ("\\textbf{(B)}", "B", True),
     ("Option B", "B", True),
+    ("the answer is B", "B", True),  # the letter parser is shared with eval (grader.choice_letter)
+    ("**(C)** because", "C", True),
+    ("B and C", "B", False),
     ("b", "B", True),
     ("B", "(B)", True),
     ("A", "B", False),
