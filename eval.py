@@ -19,7 +19,7 @@ file into a deduplicated, sorted predictions.jsonl at the end. Multi-node resume
 Sampling seeds follow the batch layout, so a resumed sampled run draws other (equally valid) samples than an
 uninterrupted one; nothing already written is regenerated.
 
-Deviations from the paper's evaluation (paper.md §6):
+Deviations from the paper's evaluation (docs/paper_notes.md §7):
 1. Greedy decoding, one sample, by default. The released eval samples once at temperature 0.3, top_p 0.95
    (`--temperature 0.3 --top-p 0.95` reproduces it); with --samples k, accuracy is pass@1 averaged over k samples.
 2. AIME: Table 2 reports the mean over 8 samples. Records whose meta carries n_samples (AIME: 8) get that many
@@ -246,7 +246,7 @@ if __name__ == "__main__":
     tiny = is_toy_model(args.model)
     if args.max_new_tokens is None:
         args.max_new_tokens = 32 if tiny else 8192
-    if not tiny:  # released eval: image pixels in [262144, 1048576] (paper.md §6)
+    if not tiny:  # released eval: image pixels in [262144, 1048576] (docs/paper_notes.md §7)
         args.min_pixels = args.min_pixels or 262144
         args.max_pixels = args.max_pixels or 1048576
     if not args.data:

@@ -7,7 +7,7 @@
 
 Writes OUT_DIR/step_XXXXXX/ and OUT_DIR/final/ (HF folders: the next stage takes them as --model) and
 OUT_DIR/metrics.jsonl. Flags left unset take the preset of the model: the toy preset for --model tiny, the paper's
-settings (paper.md §5, Table 5) otherwise; the resolved values are printed and saved in meta.json.
+settings (paper §5.1 and Table 5; docs/paper_notes.md §5) otherwise; the resolved values are printed and saved in meta.json.
 
 Deviations from the paper / released code:
 1. The loss is a token mean over the whole optimizer step (all micro-batches and ranks), not LLaMA-Factory's

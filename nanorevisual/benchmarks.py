@@ -1,4 +1,4 @@
-"""Benchmark loaders and graders for the ten columns of ReVisual-R1 Table 2 (arXiv 2506.04207, paper.md §6).
+"""Benchmark loaders and graders for the ten columns of ReVisual-R1 Table 2 (arXiv 2506.04207; docs/paper_notes.md §7).
 
 Each public release file (JSON list / dict, JSONL, CSV or parquet) is read row by row and mapped by one
 adapter per benchmark onto one plain-dict eval record, which `eval.py` consumes:
@@ -14,7 +14,7 @@ adapter per benchmark onto one plain-dict eval record, which `eval.py` consumes:
 
 Benchmark adapters always emit exactly len(images) "<image>" markers: an "<image1>"-style marker becomes
 "<image>", and a question without markers gets them prepended ("<image>\\n" + text); the EasyR1 convention
-(paper.md §4) puts an image slot at each marker. Rows in the project's own format are passed through as
+(docs/paper_notes.md §6) puts an image slot at each marker. Rows in the project's own format are passed through as
 written (no markers = images before the text). A real record (MathVista testmini pid 1, question shortened):
 
     {"id": "mathvista-1", "benchmark": "mathvista",
@@ -57,7 +57,7 @@ are resolved against the file's folder, then its `images/` subfolder; parquet ex
 Rows of any file that carry the project's own fields (`problem` and `answer`, but none of the benchmark's
 own question fields) are read in the project's RL/eval JSONL format, as is everything under name "jsonl".
 
-Deviations from the paper / released eval (CSfufu/Revisual-R1 eval/src, paper.md §6):
+Deviations from the paper / released eval (CSfufu/Revisual-R1 eval/src; docs/paper_notes.md §7):
 1. No LLM answer extractor. The released eval falls back to asking the served model to extract an answer
    when the last \\boxed{} does not match; here only the last \\boxed{} counts (rule-based, reproducible),
    which can score models that do not box their answer lower.
@@ -66,7 +66,7 @@ Deviations from the paper / released eval (CSfufu/Revisual-R1 eval/src, paper.md
    `nanorevisual.grader.grade` (math equivalence).
 3. GPQA: the four answers are shuffled with a per-question seed (sha256 of "0:" + question), so the gold
    letter is reproducible; no GPQA script was released.
-4. AIME: Table 2 reports the mean over 8 samples (paper.md §6); one record per problem with
+4. AIME: Table 2 reports the mean over 8 samples (Table 2 caption); one record per problem with
    meta["n_samples"] = 8 tells eval.py how many samples to average.
 5. MathVista: choices become lettered options and are graded by letter; free-form floats are rounded to
    meta["precision"] before comparing; the official "Hint: ..." query prompt is not used (the unit is kept).
@@ -93,7 +93,7 @@ from nanorevisual.grader import choice_letter, extract_boxed, grade, plain_text
 BENCHMARKS = ["mathverse", "mathvision", "mathvista", "dynamath", "wemath", "logicvista",
               "aime24", "aime25", "gpqa", "math500"]
 
-# paper Table 2 (accuracy %, Avg over all ten columns); AIME is the mean over 8 runs (paper.md §6)
+# paper Table 2 (accuracy %, Avg over all ten columns); AIME is the mean over 8 runs (its caption)
 PAPER_TABLE2 = {
     "ReVisual-R1-7B": {"mathverse": 53.6, "mathvision": 48.8, "mathvista": 73.1, "dynamath": 27.5, "wemath": 42.0,
                        "logicvista": 52.3, "aime24": 53.3, "aime25": 43.3, "gpqa": 47.5, "math500": 89.2, "avg": 53.1},

@@ -9,7 +9,7 @@ Layout of OUT_DIR/step_000400/ (and OUT_DIR/final/):
 Every folder is first written as OUT_DIR/.tmp-<name>/ and renamed into place only when complete, so a crash never
 leaves a half-written "latest": `find_last_step` only sees finished folders.
 
-Under FSDP (pitfalls.md §5) `save_checkpoint` is collective: the full state dict is gathered to rank 0 on CPU and
+Under FSDP (docs/pitfalls.md, pitfalls 13 and 16) `save_checkpoint` is collective: the full state dict is gathered to rank 0 on CPU and
 written through a meta-device skeleton's save_pretrained (never save_pretrained on the sharded model), while the
 resume state is saved sharded with torch.distributed.checkpoint, each rank writing its own optimizer shards.
 """

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import random
+import subprocess
 import sys
 import time
 
@@ -146,3 +147,24 @@ class Timer:
     def pop(self):
         out, self.totals = self.totals, {}
         return out
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_script(script, *args, log=None, threads=None):
+    """Run one of the project's scripts (train_sft.py, ...) as a user would, from the repository root; returns its
+    wall time. Output streams to the terminal, or to the file `log`; threads caps torch's CPU threads (several runs
+    share the cores). Raises RuntimeError naming the command and the log when it fails."""
+    cmd = [sys.executable, os.path.join(ROOT, script), *map(str, args)]
+    env = dict(os.environ, PYTHONPATH=ROOT, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
+    if log:
+        os.makedirs(os.path.dirname(os.path.abspath(log)), exist_ok=True)
+    else:
+        print("\n$ " + " ".join(cmd[1:]), flush=True)
+    t0 = time.perf_counter()
+    with open(log, "w") if log else contextlib.nullcontext() as f:
+        done = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT if log else None)
+    if done.returncode != 0:
+        raise RuntimeError(f"failed ({done.returncode}): {' '.join(cmd)}" + (f"; log: {log}" if log else ""))
+    return time.perf_counter() - t0

@@ -3,7 +3,7 @@
     python -m nanorevisual.demo                 # tiny model, toy data, nothing downloaded
     python -m nanorevisual.demo --out-dir runs/demo --seed 1
 
-It only chains the real scripts with real flags (no training code of its own):
+It only chains the real scripts with real flags (no training code of its own); OUT_DIR is replaced on each run:
     1. train_sft.py                   cold start on text (arithmetic + colour sentences)
     2. train_grpo.py --stage mrl      GRPO + PAD on the image task (what colour is the shape?)
     3. train_grpo.py --stage trl      GRPO + PAD on arithmetic, vision tower frozen, k3 KL
@@ -15,20 +15,11 @@ the training curves to OUT_DIR/report.md.
 import argparse
 import json
 import os
-import subprocess
-import sys
+import shutil
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run(script, *args):
-    """Run one of the project's scripts as a user would; stream its output; stop the demo if it fails."""
-    cmd = [sys.executable, os.path.join(ROOT, script), *map(str, args)]
-    print("\n$ " + " ".join(cmd[1:]), flush=True)
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
-    return time.perf_counter() - t0
+from nanorevisual.common import run_script as run
+from nanorevisual.toy import ensure_toy_data
 
 
 def main():
@@ -40,7 +31,6 @@ def main():
     parser.add_argument("--sft-epochs", type=float, default=6, help="cold-start epochs over the toy set")
     args = parser.parse_args()
 
-    from nanorevisual.toy import ensure_toy_data
     toy = ensure_toy_data()
     val = [os.path.join(toy, "mm_val.jsonl"), os.path.join(toy, "text_val.jsonl")]
     out = args.out_dir
@@ -49,18 +39,19 @@ def main():
 
     def evaluate(stage, model):
         eval_dir = os.path.join(out, f"eval_{stage}")
+        shutil.rmtree(eval_dir, ignore_errors=True)  # a rerun evaluates the new checkpoint, never old predictions
         times[f"eval {stage}"] = run("eval.py", "--model", model, "--data", *val, "--out-dir", eval_dir)
         with open(os.path.join(eval_dir, "results.json")) as f:
             results[stage] = json.load(f)
 
     times["sft"] = run("train_sft.py", "--out-dir", f"{out}/sft", "--seed", args.seed, "--epochs", args.sft_epochs,
-                       "--log-every", 25)
+                       "--log-every", 25, "--overwrite", 1)
     evaluate("sft", f"{out}/sft/final")
     times["mrl"] = run("train_grpo.py", "--stage", "mrl", "--model", f"{out}/sft/final", "--out-dir", f"{out}/mrl",
-                       "--seed", args.seed, "--max-steps", args.mrl_steps, "--log-every", 10)
+                       "--seed", args.seed, "--max-steps", args.mrl_steps, "--log-every", 10, "--overwrite", 1)
     evaluate("mrl", f"{out}/mrl/final")
     times["trl"] = run("train_grpo.py", "--stage", "trl", "--model", f"{out}/mrl/final", "--out-dir", f"{out}/trl",
-                       "--seed", args.seed, "--max-steps", args.trl_steps, "--log-every", 10)
+                       "--seed", args.seed, "--max-steps", args.trl_steps, "--log-every", 10, "--overwrite", 1)
     evaluate("trl", f"{out}/trl/final")
     total = time.perf_counter() - t_start
 

@@ -73,7 +73,7 @@ def shard_model(model, device, mixed_precision=True):
 
     bf16 params / fp32 gradient reduction on CUDA; fp32 on CPU. `generate` is registered as an FSDP forward
     method, otherwise transformers' image pre-encoding before the first forward hits sharded root params
-    (pitfalls.md §5: "got mixed torch.Tensor and DTensor").
+    (docs/pitfalls.md, pitfall 10: "got mixed torch.Tensor and DTensor").
     """
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method

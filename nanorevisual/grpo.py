@@ -17,14 +17,14 @@ Shape legend (shared by every file of the package):
 PAD in a distributed run: PAD runs over the GLOBAL rollout batch. Every rank gathers the (N,) advantages of
 all ranks, seeds its CPU `torch.Generator` identically (e.g. from (seed, step)), and calls `pad_select`; every
 rank therefore computes the identical selection and then trains on its own share of the selected indices. This
-matches the released code, which applies PAD to the whole flattened rollout batch (paper.md §1b), and keeps the
+matches the released code, which applies PAD to the whole flattened rollout batch (docs/paper_notes.md §4), and keeps the
 selection independent of the world size. Splitting the k selected sequences so that every rank runs the same
 number of micro-batches (FSDP needs equal collective counts) is the training script's job.
 
 References:
     ReVisual-R1, arXiv 2506.04207 (v1): §4.1.1 and Appendix A.2 (Algorithm 1) for PAD; Table 4 for the
         PAD ablations (`PAD_PRESETS`); the released code `CSfufu/Revisual-R1` (verl/trainer/ray_trainer.py,
-        verl/trainer/core_algos.py, verl/workers/actor/dp_actor.py), summarised in /work/shared/paper.md.
+        verl/trainer/core_algos.py, verl/workers/actor/dp_actor.py), summarised in docs/paper_notes.md.
     DeepSeekMath, arXiv 2402.03300, §4.1: GRPO, group-normalised outcome advantages.
     DAPO, arXiv 2503.14476: clip-higher (asymmetric clip) and the token-level mean loss.
     Dr. GRPO, arXiv 2503.20783: advantages without the division by the group std.

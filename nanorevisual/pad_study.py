@@ -16,32 +16,20 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from nanorevisual.common import run_script
 from nanorevisual.plots import load_metrics, plot_adv_hist, plot_variants
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def run(script, *args, log=None):
-    """One of the project's scripts in a subprocess (one thread: --jobs of them share the cores)."""
-    cmd = [sys.executable, os.path.join(ROOT, script), *map(str, args)]
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    if log:
-        os.makedirs(os.path.dirname(log), exist_ok=True)
-    with open(log or os.devnull, "w") as f:
-        done = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        raise RuntimeError(f"failed ({done.returncode}): {' '.join(cmd)}; log: {log}")
 
 
 def run_all(jobs, n_parallel):
     """jobs: [(script, args, log)]; runs them n_parallel at a time, raising the first failure."""
     with ThreadPoolExecutor(n_parallel) as pool:
-        for future in [pool.submit(run, script, *args, log=log) for script, args, log in jobs]:
+        for future in [pool.submit(run_script, script, *args, "--resume", 1, log=log, threads=1)
+                       for script, args, log in jobs]:  # --resume 1: an interrupted run starts over cleanly
             future.result()
 
 
@@ -107,7 +95,8 @@ def main():
         init = os.path.join(out, "sft", "final")
         if not os.path.exists(os.path.join(init, "config.json")):
             print("cold start: train_sft.py ->", init, flush=True)
-            run("train_sft.py", "--out-dir", os.path.join(out, "sft"), log=os.path.join(out, "sft.log"))
+            run_script("train_sft.py", "--out-dir", os.path.join(out, "sft"), "--overwrite", 1,
+                       log=os.path.join(out, "sft.log"), threads=1)
     common = ["--eval-every", args.eval_every, "--log-every", 10, *args.extra.split()]
 
     if args.stage_order:

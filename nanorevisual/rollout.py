@@ -6,12 +6,12 @@ indices) into model inputs; `completion_logps` runs the forward and returns the 
 
 Shape legend: see nanorevisual/grpo.py (B sequences, P padded prompt length, T padded completion length, V vocab).
 
-Correctness points (shared/pitfalls.md):
+Correctness points (docs/pitfalls.md):
 1. Vision special tokens are suppressed in `generate` and the same -inf mask is applied in the log-prob path
    (§4); otherwise a sampled <|image_pad|> crashes the training forward.
 2. Generation stops on <|im_end|> or <|endoftext|> (as the released code) and the completion mask runs through
    the first of them inclusive (the model must learn to stop), built from the
-   generated positions, never from `pad_token_id` (style.md §5).
+   generated positions, never from `pad_token_id` (pitfall 8).
 3. The log-prob forward passes `mm_token_type_ids` (prompt types extended with zeros), so M-RoPE positions are
    those `generate` used (§3).
 4. Log-probs are of softmax(logits / temperature), the distribution that was sampled (logprobs.completion_logps).

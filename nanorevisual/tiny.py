@@ -7,7 +7,7 @@ tokens, a chat template with {% generation %} markers, and the PIL image process
 trained on a corpus the caller gives (nanorevisual/toy.py passes the toy prompts and answers). Every script
 accepts `--model tiny`, which builds the toy folder once (runs/tiny-model/) and loads it like any other checkpoint.
 
-Sizes: the "big" config of shared/toy-recipe.md §2 (text hidden 128, 4 layers, 4 heads / 2 KV heads; vision hidden
+Sizes: the config measured to learn the toy tasks (text hidden 128, 4 layers, 4 heads / 2 KV heads; vision hidden
 64, depth 2), ~1.0M parameters, which learns the toy tasks on 2 CPU cores in minutes. Images are resized into
 [56*56, 112*112] pixels, so a 56x56 toy image is 4 visual tokens.
 """
@@ -46,7 +46,7 @@ def tiny_config(tok, hidden=128, layers=4, heads=4, kv_heads=2, vision_hidden=64
     from transformers import Qwen2_5_VLConfig
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     head_dim = hidden // heads
-    half = head_dim // 2  # mrope_section must sum to head_dim / 2 (pitfalls.md §1)
+    half = head_dim // 2  # mrope_section must sum to head_dim / 2 (docs/pitfalls.md, pitfall 18)
     mrope = [half - 2 * (half * 3 // 8), half * 3 // 8, half * 3 // 8]
     return Qwen2_5_VLConfig(
         text_config=dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
@@ -57,7 +57,7 @@ def tiny_config(tok, hidden=128, layers=4, heads=4, kv_heads=2, vision_hidden=64
                          pad_token_id=ids["<|endoftext|>"]),
         vision_config=dict(depth=vision_depth, hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
                            num_heads=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
-                           out_hidden_size=hidden,  # must equal the text hidden size (pitfalls.md §1)
+                           out_hidden_size=hidden,  # must equal the text hidden size (docs/pitfalls.md, pitfall 18)
                            window_size=112, fullatt_block_indexes=[vision_depth - 1]),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],

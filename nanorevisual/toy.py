@@ -1,4 +1,4 @@
-"""Toy data so every default runs on 2 CPU cores: a text cold-start set and two RL tasks (shared/toy-recipe.md).
+"""Toy data so every default runs on 2 CPU cores: a text cold-start set and two RL tasks, plus the tiny model.
 
     python -m nanorevisual.toy --out data/toy      # writes the files below in ~2 s, deterministically
 
@@ -8,14 +8,17 @@ Files (all in the project's own formats, see nanorevisual/data.py):
     text_train.jsonl / text_val.jsonl text RL/eval: "What is 3+4?"
     images/                           the PNGs, referenced by relative path
 
-Designed together (toy-recipe.md §1):
+Designed together:
 - Arithmetic "What is a+b?" (a, b in 0..9). 20 of the 100 pairs are held out of SFT; they are text_val, so the
   text RL stage is measured on pairs the cold start never saw.
 - Colour text: "There is a red circle. What colour is the shape?". 30% of the colour rows are the bare question
   with a uniformly random colour as the answer ("prior rows"). Without them the cold-started model answers image
-  prompts with a digit, every rollout group has reward 0 and GRPO gets no gradient (toy-recipe.md §1, measured).
+  prompts with a digit, every rollout group has reward 0 and GRPO gets no gradient (measured when the toy was designed).
 - Image task: one filled square, circle or triangle in one of 6 colours on a light background. The cold-started
   model has never seen an image, so it starts at chance (~1/6) and only RL can connect pixels to colour words.
+
+The tiny model (`--model tiny`, runs/tiny-model/) is nanorevisual/tiny.py's builder with a tokenizer trained on
+this text (`tokenizer_corpus`), so toy prompts are short.
 
 Example SFT row: {"problem": "What is 3+4?", "response": "<think>3+4=7</think> \\boxed{7}"}
 Example RL row:  {"id": "mm_val-0003", "problem": "<image>What colour is the shape?", "answer": "purple",

@@ -203,5 +203,5 @@ def test_toy_data_is_deterministic(tmp_path):
     assert len(data.load_rl_rows(str(a / "text_val.jsonl"))) == 20
     sft = [json.loads(line) for line in open(a / "sft_train.jsonl")]
     bare = [r for r in sft if r["problem"] == "What colour is the shape?"]
-    assert 0 < len(bare) < len(sft) // 2  # the prior rows exist (toy-recipe.md §1)
+    assert 0 < len(bare) < len(sft) // 2  # the prior rows exist (the toy.py docstring says why)
     assert torch.tensor([1]).item() == 1 and os.path.exists(a / "DONE")
