@@ -78,6 +78,8 @@ parser.add_argument("--temperature", type=float, default=None, help="sampling te
 parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling")
 parser.add_argument("--max-new-tokens", type=int, default=None, help="completion length cap")
 parser.add_argument("--generate-batch-seqs", type=int, default=None, help="sequences per generate call (KV memory)")
+parser.add_argument("--share-prefill", type=int, default=1, help="1: one vision + prompt prefill per prompt, its KV "
+                    "cache copied to the G samples; 0: generate repeats every prompt G times (slower, same samples)")
 parser.add_argument("--gather-for-rollout", type=int, default=1, help="FSDP: 1 = all-gather the weights once per "
                     "rollout phase (fast, needs a full bf16 copy per GPU); 0 = per-layer gathers every token")
 # GRPO
@@ -354,7 +356,8 @@ for step in range(start_step, args.max_steps):
                                  max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                                  micro_batch_size=args.generate_batch_seqs, suppress_ids=suppress_ids,
                                  seed=args.seed * 1_000_003 + step, prompt_offset=rank * local_prompts,
-                                 synced_gpus=False if ddp and args.gather_for_rollout else None)
+                                 synced_gpus=False if ddp and args.gather_for_rollout else None,
+                                 share_prefill=bool(args.share_prefill))
     model.train()
 
     # ---- 2. rewards (paper §2.1, eq. 5-6) and group advantages (eq. 3; a prompt's G samples sit on one rank)

@@ -25,7 +25,7 @@ from nanorevisual.prompts import encode_prompts
 @torch.no_grad()
 def generate_rollouts(model, processor, messages_list, *, group_size, max_new_tokens, temperature=1.0, top_p=1.0,
                       micro_batch_size=64, suppress_ids=None, seed=None, prompt_offset=0, synced_gpus=None,
-                      with_scores=False):
+                      with_scores=False, share_prefill=True):
     """Sample `group_size` completions for each prompt. Returns a list of len(messages_list) * group_size dicts,
     the G samples of prompt i at positions [i*G, (i+1)*G):
 
@@ -39,6 +39,9 @@ def generate_rollouts(model, processor, messages_list, *, group_size, max_new_to
     [offset, offset + n) of a global batch samples exactly what one process holding them all would.
     temperature 0 means greedy decoding. with_scores=True also stores `sample_logps` (Tc,): generate's own
     log-probs of the sampled tokens (post-processor scores), used by the parity test of the log-prob path.
+    share_prefill=True runs the vision tower and the prompt prefill once per prompt and decodes its G samples from
+    copies of that KV cache (`prefill_once`); False lets generate repeat every prompt G times first
+    (num_return_sequences). Both sample the same distribution with the same random draws.
     """
     device = next(model.parameters()).device
     tok = processor.tokenizer
@@ -53,10 +56,12 @@ def generate_rollouts(model, processor, messages_list, *, group_size, max_new_to
         if seed is not None:
             torch.manual_seed(seed * 100_003 + prompt_offset + start)  # per (seed, first prompt of the call)
         gen_inputs = {k: v.to(device) for k, v in enc.items()}
-        seqs = model.generate(**gen_inputs, **sampling, num_return_sequences=group_size,
-                              max_new_tokens=max_new_tokens, suppress_tokens=suppress_ids,
-                              synced_gpus=synced_gpus, output_scores=with_scores,
-                              return_dict_in_generate=True)
+        if share_prefill:
+            gen_inputs = prefill_once(model, gen_inputs, group_size)
+        else:
+            gen_inputs["num_return_sequences"] = group_size
+        seqs = model.generate(**gen_inputs, **sampling, max_new_tokens=max_new_tokens, suppress_tokens=suppress_ids,
+                              synced_gpus=synced_gpus, output_scores=with_scores, return_dict_in_generate=True)
         P = enc["input_ids"].shape[1]
         completions = seqs.sequences[:, P:].cpu()  # (p*G, T)
         if with_scores:
@@ -77,6 +82,27 @@ def generate_rollouts(model, processor, messages_list, *, group_size, max_new_to
             if with_scores:
                 out[-1]["sample_logps"] = sample_logps[j, :length]
     return out
+
+
+def prefill_once(model, enc, group_size):
+    """Run the vision tower and the prompt prefill once per prompt, then hand generate G copies of the KV cache.
+
+    enc: the processor's batch of p prompts (input_ids (p, P), attention_mask, mm_token_type_ids, pixel_values,
+    image_grid_thw). The prefill covers positions [0, P-1) with the 3-D M-RoPE positions generate itself would use
+    (the model's own _prepare_position_ids_for_generation); the cache and the per-row rope offsets are repeated G
+    times, and generate, given the cache, feeds the last prompt token and decodes. Greedy decoding gives the same
+    tokens as the repeated-prompt path (tests/test_rollout.py). Returns generate's keyword arguments."""
+    ids, mask, types = enc["input_ids"], enc["attention_mask"], enc["mm_token_type_ids"]  # (p, P) each
+    kwargs = {k: v for k, v in enc.items() if k != "input_ids"}
+    positions = model._prepare_position_ids_for_generation(ids, dict(kwargs))  # (4, p, P); sets model.model.rope_deltas
+    rope_deltas = model.model.rope_deltas  # (p, 1) 3-D position offset of each row
+    images = {k: enc[k] for k in ("pixel_values", "image_grid_thw") if k in enc}
+    cache = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], mm_token_type_ids=types[:, :-1],
+                  position_ids=positions[..., :-1], use_cache=True, **images).past_key_values  # P-1 positions
+    cache.batch_repeat_interleave(group_size)  # (p*G, ...) sample k of prompt i at row i*G + k
+    model.model.rope_deltas = rope_deltas.repeat_interleave(group_size, 0)  # (p*G, 1)
+    return {"input_ids": ids.repeat_interleave(group_size, 0), "attention_mask": mask.repeat_interleave(group_size, 0),
+            "mm_token_type_ids": types.repeat_interleave(group_size, 0), "past_key_values": cache}
 
 
 def completion_length(ids, stop_ids):

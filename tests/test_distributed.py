@@ -133,5 +133,8 @@ def test_rollouts_on_a_qwen_config_checkpoint_equal_one_process(tmp_path, qwen_d
     model, processor = load_model_and_processor(qwen_dir)
     model.eval()
     one = generate_rollouts(model, processor, prompts(), suppress_ids=vision_token_ids(processor), **ROLLOUT)
-    assert two["ids"] == [s["completion_ids"].tolist() for s in one]
+    assert two["ids"] == [s["completion_ids"].tolist() for s in one]  # shared prefill on both sides
+    repeated = generate_rollouts(model, processor, prompts(), suppress_ids=vision_token_ids(processor),
+                                 share_prefill=False, **ROLLOUT)  # generate's own G-fold prompt expansion
+    assert two["ids"] == [s["completion_ids"].tolist() for s in repeated]
     assert max(two["worst"]) <= 1e-5, two["worst"]

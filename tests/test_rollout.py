@@ -140,3 +140,26 @@ def test_endoftext_ends_the_completion(qwen_stack, mixed_messages):
     assert completion_length(torch.tensor([40, 41, endoftext, 42, im_end]), stop_ids) == (3, False)
     assert completion_length(torch.tensor([40, im_end, endoftext, endoftext]), stop_ids) == (2, False)
     assert completion_length(torch.tensor([40, 41, 42]), stop_ids) == (3, True)
+
+
+def test_shared_prefill_matches_repeated_prompts(tiny_stack, mixed_messages):
+    """One prefill per prompt with G copies of its KV cache (share_prefill=True) against generate's own expansion
+    of every prompt G times: identical greedy tokens, identical sampled tokens from the same seed, and generate's
+    scores still equal the log-prob path."""
+    model, processor = tiny_stack
+    model.eval()
+    suppress = vision_token_ids(processor)
+    kw = dict(group_size=3, max_new_tokens=10, micro_batch_size=6, suppress_ids=suppress, seed=11)
+    greedy = generate_rollouts(model, processor, mixed_messages, temperature=0.0, share_prefill=True, **kw)
+    alone = [generate_rollouts(model, processor, [m], temperature=0.0, group_size=1, max_new_tokens=10,
+                               micro_batch_size=1, suppress_ids=suppress, share_prefill=False)[0] for m in mixed_messages]
+    for i, s in enumerate(greedy):  # greedy: every sample of prompt p equals prompt p decoded alone
+        assert torch.equal(s["completion_ids"], alone[i // 3]["completion_ids"])
+    shared, repeated = (generate_rollouts(model, processor, mixed_messages, temperature=1.0, with_scores=True,
+                                          share_prefill=flag, **kw) for flag in (True, False))
+    assert [s["completion_ids"].tolist() for s in shared] == [s["completion_ids"].tolist() for s in repeated]
+    batch = collate_rollouts(shared, processor.tokenizer.pad_token_id)
+    with torch.no_grad():
+        logps = completion_logps(model, batch, temperature=1.0, suppress_ids=suppress)  # (B, T)
+    worst = max((logps[i, :s["num_tokens"]] - s["sample_logps"]).abs().max().item() for i, s in enumerate(shared))
+    assert worst <= 1e-5, worst
