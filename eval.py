@@ -48,7 +48,7 @@ from nanorevisual.common import UserError, check_flags, default_dtype, one_line_
 from nanorevisual.dist import print0
 from nanorevisual.model import check_model_path, is_toy_model, load_model_and_processor, load_policy
 from nanorevisual.processor import vision_token_ids
-from nanorevisual.prompts import build_messages
+from nanorevisual.prompts import INSTRUCTION, build_messages
 from nanorevisual.rollout import generate_rollouts
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -61,6 +61,8 @@ parser.add_argument("--min-pixels", type=int, default=None, help="min image pixe
 parser.add_argument("--max-pixels", type=int, default=None, help="max image pixels (real models: 1048576)")
 # Data
 parser.add_argument("--data", nargs="+", default=None, help="NAME=PATH or PATH entries (default: toy mm_val + text_val)")
+parser.add_argument("--instruction", type=int, default=1, help="1: append the paper's think/boxed instruction to "
+                    "every problem (docs/paper_notes.md §6); 0: use the problems as written")
 parser.add_argument("--limit", type=int, default=0, help="only the first N items of each benchmark (0: all)")
 # Generation
 parser.add_argument("--samples", type=int, default=1, help="k: samples per item; accuracy is pass@1 averaged over k")
@@ -75,7 +77,7 @@ parser.add_argument("--out-dir", default="runs/eval", help="predictions.jsonl, r
 parser.add_argument("--compare", default=None, help="'paper' or a results.json: print the differences")
 
 # flags that change what a prediction means: a resume must not mix them
-GENERATION_KEYS = ("model", "temperature", "top_p", "max_new_tokens", "min_pixels", "max_pixels")
+GENERATION_KEYS = ("model", "temperature", "top_p", "max_new_tokens", "min_pixels", "max_pixels", "instruction")
 
 # ----------------------------------------------------------------------------------------------------------------
 # pure helpers
@@ -329,7 +331,7 @@ if __name__ == "__main__":
         with open_append(out_path) as f, dist.gathered_params(model):
             for start in range(0, len(pending), args.batch_size):
                 batch = pending[start:start + args.batch_size]
-                messages = [build_messages(r["problem"], r["images"])
+                messages = [build_messages(r["problem"], r["images"], INSTRUCTION if args.instruction else "")
                             for r, _ in batch]
                 first = unit_index[(batch[0][0]["benchmark"], batch[0][0]["id"], batch[0][1])]
                 outs = generate_rollouts(model, processor, messages, group_size=1, max_new_tokens=args.max_new_tokens,

@@ -46,6 +46,7 @@ import torch
 from tqdm import tqdm
 
 from nanorevisual import checkpoint, data, dist, prompts
+from nanorevisual.prompts import INSTRUCTION
 from nanorevisual.common import (MetricsLogger, Timer, UserError, autocast, check_flags, one_line_errors, set_seed,
                                  truncate_jsonl)
 from nanorevisual.dist import print0
@@ -66,6 +67,8 @@ parser.add_argument("--model", "--init", dest="model", default=None, help="check
 parser.add_argument("--data", default=None, help="RL JSONL/JSON/parquet: problem, answer, images")
 parser.add_argument("--val-data", nargs="*", default=None, help="held-out files for the periodic eval")
 parser.add_argument("--out-dir", default=None, help="checkpoints, metrics.jsonl, rollouts/ (default runs/<stage>)")
+parser.add_argument("--instruction", type=int, default=1, help="1: append the paper's think/boxed instruction to "
+                    "every problem (docs/paper_notes.md §6); 0: use the problems as written")
 parser.add_argument("--skip-bad-rows", type=int, default=0, help="1: skip malformed rows (counted)")
 parser.add_argument("--min-pixels", type=int, default=None, help="images are resized to at least this many pixels")
 parser.add_argument("--max-pixels", type=int, default=None, help="... and at most this many (real model: 4194304)")
@@ -189,8 +192,9 @@ user_config = dict(vars(args), pad_config={k: str(v) for k, v in pad_cfg.items()
 
 # ----------------------------------------------------------------------------------------------------------------
 # Data: read and validate every file before any model loads
-train_rows = data.load_rl_rows(args.data, skip_bad=bool(args.skip_bad_rows))
-val_sets = {os.path.basename(p).rsplit(".", 1)[0]: data.load_rl_rows(p, skip_bad=bool(args.skip_bad_rows))
+instruction = INSTRUCTION if args.instruction else ""  # appended to every problem (paper Fig. 5)
+train_rows = data.load_rl_rows(args.data, bool(args.skip_bad_rows), instruction)
+val_sets = {os.path.basename(p).rsplit(".", 1)[0]: data.load_rl_rows(p, bool(args.skip_bad_rows), instruction)
             for p in args.val_data or []}
 resume_dir = checkpoint.prepare_out_dir(args.out_dir, resume=args.resume, overwrite=args.overwrite,
                                         user_config=user_config)

@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from nanorevisual import checkpoint, data, dist, prompts
+from nanorevisual.prompts import INSTRUCTION
 from nanorevisual.common import (MetricsLogger, UserError, autocast, check_flags, lr_multiplier, one_line_errors,
                                  set_seed, truncate_jsonl)
 from nanorevisual.dist import print0
@@ -42,6 +43,8 @@ parser.add_argument("--model", default="tiny", help="hub id, HF folder, or 'tiny
 parser.add_argument("--data", default=None, help="SFT JSONL/parquet (default: the toy set, built on first use)")
 parser.add_argument("--val-data", default=None, help="held-out SFT file for the eval loss (default: toy val set)")
 parser.add_argument("--out-dir", default="runs/sft", help="checkpoints and metrics.jsonl go here")
+parser.add_argument("--instruction", type=int, default=1, help="1: append the paper's think/boxed instruction to "
+                    "every problem (docs/paper_notes.md §6); 0: use the problems as written")
 parser.add_argument("--skip-bad-rows", type=int, default=0, help="1: skip malformed rows (counted) instead of stopping")
 # Optimization (None = the model's preset)
 parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps (default: epochs)")
@@ -92,8 +95,9 @@ user_config = vars(args).copy()
 
 # ----------------------------------------------------------------------------------------------------------------
 # Data: read and validate every file before any model loads
-train_rows = data.load_sft_rows(args.data, skip_bad=bool(args.skip_bad_rows))
-val_rows = data.load_sft_rows(args.val_data, skip_bad=bool(args.skip_bad_rows)) if args.val_data else []
+instruction = INSTRUCTION if args.instruction else ""  # appended to every problem (paper Fig. 5)
+train_rows = data.load_sft_rows(args.data, bool(args.skip_bad_rows), instruction)
+val_rows = data.load_sft_rows(args.val_data, bool(args.skip_bad_rows), instruction) if args.val_data else []
 rows_per_step = args.batch_size * args.grad_accum
 steps_per_epoch = len(train_rows) // rows_per_step
 if steps_per_epoch == 0:

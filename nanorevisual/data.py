@@ -16,7 +16,7 @@ import os
 import torch
 
 from nanorevisual.files import DataError, check_row, load_image, read_records
-from nanorevisual.prompts import build_messages
+from nanorevisual.prompts import INSTRUCTION, build_messages
 
 
 def require(row, field, types):
@@ -35,21 +35,21 @@ def row_images(row, base_dir):
     return [load_image(im, base_dir) for im in images]
 
 
-def rl_row(row, base_dir, path, lineno):
+def rl_row(row, base_dir, path, lineno, instruction):
     """RL / eval row -> {"id", "problem", "answer", "images" (paths or PIL), "messages", "where"}."""
     problem = require(row, "problem", str)
     answer = require(row, "answer", (str, int, float))
     images = row_images(row, base_dir)
     return {"id": str(row.get("id", f"{os.path.basename(path)}-{lineno}")), "problem": problem, "answer": str(answer),
-            "images": images, "messages": build_messages(problem, images), "where": f"{path}:{lineno}"}
+            "images": images, "messages": build_messages(problem, images, instruction), "where": f"{path}:{lineno}"}
 
 
-def sft_row(row, base_dir, path, lineno):
+def sft_row(row, base_dir, path, lineno, instruction):
     """SFT row in either format -> {"messages", "where"} with images resolved inside the messages."""
     where = f"{path}:{lineno}"
     if "messages" not in row:
         problem, response = require(row, "problem", str), require(row, "response", str)
-        messages = build_messages(problem, row_images(row, base_dir))
+        messages = build_messages(problem, row_images(row, base_dir), instruction)
         return {"messages": messages + [{"role": "assistant", "content": response}], "where": where}
     out = []
     for i, m in enumerate(require(row, "messages", list)):
@@ -69,13 +69,14 @@ def sft_row(row, base_dir, path, lineno):
     return {"messages": out, "where": where}
 
 
-def load_rows(path, parse_row, skip_bad=False):
-    """Every row of `path` through parse_row(row, base_dir, path, lineno); one-line DataError on the first bad row."""
+def load_rows(path, parse_row, skip_bad=False, instruction=INSTRUCTION):
+    """Every row of `path` through parse_row(row, base_dir, path, lineno, instruction); one-line DataError on the
+    first bad row. `instruction` is appended to every problem ("" for data whose problems carry their own)."""
     base_dir = os.path.dirname(os.path.abspath(path))
     rows, bad = [], 0
     for lineno, row in read_records(path):
         try:
-            rows.append(parse_row(check_row(row), base_dir, path, lineno))
+            rows.append(parse_row(check_row(row), base_dir, path, lineno, instruction))
         except ValueError as e:
             if not skip_bad:
                 raise DataError(f"{path}:{lineno}: {e}") from None
@@ -87,12 +88,12 @@ def load_rows(path, parse_row, skip_bad=False):
     return rows
 
 
-def load_rl_rows(path, skip_bad=False):
-    return load_rows(path, rl_row, skip_bad)
+def load_rl_rows(path, skip_bad=False, instruction=INSTRUCTION):
+    return load_rows(path, rl_row, skip_bad, instruction)
 
 
-def load_sft_rows(path, skip_bad=False):
-    return load_rows(path, sft_row, skip_bad)
+def load_sft_rows(path, skip_bad=False, instruction=INSTRUCTION):
+    return load_rows(path, sft_row, skip_bad, instruction)
 
 
 def step_indices(num_rows, per_step, step, seed):
