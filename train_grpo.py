@@ -437,6 +437,9 @@ for step in range(start_step, args.max_steps):
         "train/entropy_coef": entropy_coef, "train/tokens": trained_tokens,
         **{f"time/{k}": v for k, v in times.items()}, "time/step": time.perf_counter() - t_step})
     record["time/tokens_per_s"] = sums["rollout/len_mean"] / record["time/step"]
+    record["time/gen_tokens_per_s"] = sums["rollout/len_mean"] / max(times.get("generate", 0.0), 1e-9)  # all ranks
+    if device.type == "cuda":
+        record["gpu/peak_gb"] = torch.cuda.max_memory_allocated(device) / 1e9  # this rank, since the start
     metrics.log(record)
     pbar.update(1)
     if (step + 1) % args.log_every == 0 or step == args.max_steps - 1:

@@ -242,6 +242,8 @@ for step in range(start_step, total_steps):
     record = {"step": step + 1, "train/loss": loss_total / global_tokens, "train/lr": lr, "train/grad_norm": grad_norm,
               "train/tokens": global_tokens, "time/step": dt, "time/tokens_per_s": global_tokens / dt,
               "data/dropped_rows": dropped_total}
+    if device.type == "cuda":
+        record["gpu/peak_gb"] = torch.cuda.max_memory_allocated(device) / 1e9  # this rank, since the start
     metrics.log(record)
     pbar.update(1)
     if (step + 1) % args.log_every == 0 or step == start_step:

@@ -42,21 +42,24 @@ def build_tokenizer(corpus, vocab_size=512):
     return tok
 
 
-def tiny_config(tok, hidden=128, layers=4, heads=4, kv_heads=2, vision_hidden=64, vision_depth=2):
+def tiny_config(tok, hidden=128, layers=4, heads=4, kv_heads=2, vision_hidden=64, vision_depth=2, vision_heads=2,
+                vocab_size=None):
+    """A Qwen2.5-VL config with the tokenizer's special ids; vocab_size (>= the tokenizer's) pads the embedding and
+    the LM head to a real model's size, e.g. 152064 for a GPU check with the 7B vocabulary."""
     from transformers import Qwen2_5_VLConfig
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     head_dim = hidden // heads
     half = head_dim // 2  # mrope_section must sum to head_dim / 2 (docs/pitfalls.md, pitfall 18)
     mrope = [half - 2 * (half * 3 // 8), half * 3 // 8, half * 3 // 8]
     return Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
+        text_config=dict(vocab_size=max(vocab_size or 0, len(tok)), hidden_size=hidden, intermediate_size=2 * hidden,
                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
                          max_position_embeddings=2048, rms_norm_eps=1e-6,
                          rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": mrope},
                          bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
                          pad_token_id=ids["<|endoftext|>"]),
         vision_config=dict(depth=vision_depth, hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
-                           num_heads=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+                           num_heads=vision_heads, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
                            out_hidden_size=hidden,  # must equal the text hidden size (docs/pitfalls.md, pitfall 18)
                            window_size=112, fullatt_block_indexes=[vision_depth - 1]),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
@@ -79,9 +82,9 @@ def build_tiny_stack(corpus, seed=0, **config_kwargs):
     return model, processor
 
 
-def build_tiny(out_dir, corpus, seed=0):
+def build_tiny(out_dir, corpus, seed=0, **config_kwargs):
     """Write the tiny stack as an HF folder (atomically: temp folder, then rename)."""
-    model, processor = build_tiny_stack(corpus, seed)
+    model, processor = build_tiny_stack(corpus, seed, **config_kwargs)
     tmp = temp_dir_for(out_dir)
     os.makedirs(tmp, exist_ok=True)
     save_hf_folder(tmp, model, processor)
@@ -94,6 +97,12 @@ if __name__ == "__main__":  # a script entry point, not a library dependency: th
     parser = argparse.ArgumentParser(description="Write the tiny random Qwen2.5-VL of the toy runs as an HF folder.")
     parser.add_argument("--out", default="runs/tiny-model", help="output folder")
     parser.add_argument("--seed", type=int, default=0, help="init seed")
+    # other shapes, e.g. bench/gpu_check.sh's: --hidden 1024 --layers 8 --heads 16 --kv-heads 4 --vision-hidden 1280
+    # --vision-depth 4 --vision-heads 16 --vocab-size 152064 (the 7B vocabulary, the tokenizer stays small)
+    for flag, default in (("hidden", 128), ("layers", 4), ("heads", 4), ("kv-heads", 2), ("vision-hidden", 64),
+                          ("vision-depth", 2), ("vision-heads", 2), ("vocab-size", 0)):
+        parser.add_argument(f"--{flag}", type=int, default=default, help=f"{flag.replace('-', ' ')} of the config")
     args = parser.parse_args()
-    build_tiny(args.out, tokenizer_corpus(), seed=args.seed)
-    print(f"wrote tiny Qwen2.5-VL to {args.out}")
+    shape = {k: v for k, v in vars(args).items() if k not in ("out", "seed")}
+    build_tiny(args.out, tokenizer_corpus(), seed=args.seed, **shape)
+    print(f"wrote a random Qwen2.5-VL ({shape}) to {args.out}")
