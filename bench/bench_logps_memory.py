@@ -1,156 +1,115 @@
-"""
-Peak memory of token log-probs: the naive full-vocabulary fp32 log_softmax vs nanorevisual.grpo.token_logps.
+"""Peak memory of the log-prob forward + backward through the model: a plain full log_softmax over the (B, T, V) logits
+against nanorevisual.logprobs.completion_logps, whose chunked LM head never holds a (B, T, V) tensor.
 
-Each (method, dtype, mode) runs in a FRESH subprocess so peaks cannot mix. Inside it the logits (B, T, V) and
-targets (B, T) are created first; the measured number is the peak ABOVE that point:
-    CUDA: torch.cuda.max_memory_allocated() - memory_allocated() after the inputs (peak stats reset there);
-    CPU:  resource.getrusage(RUSAGE_SELF).ru_maxrss - RSS after the inputs. The kernel's peak-RSS mark is reset
-          after the inputs (write "5" to /proc/self/clear_refs, Linux >= 4.0) so that a transient during input
-          creation cannot be mistaken for the measured peak.
-Modes: "forward" = no_grad (old/ref log-probs), "backward" = forward + backward of sum(logps) (the update).
-The backward numbers include the (B, T, V) gradient of the logits itself (same size as the input), which
-both methods must produce.
+    python bench/bench_logps_memory.py                     # both shapes below, each measurement in a fresh process
+    python bench/bench_logps_memory.py --shapes small      # only the 128-hidden model (about a minute)
 
-    python bench/bench_logps_memory.py                        # bf16 logits, vocab 152064, seq 4096 (a few GB)
-    python bench/bench_logps_memory.py --dtypes bf16,fp32     # also fp32 logits (naive fp32 backward: ~10 GB)
+Shapes (Qwen2.5-VL built from a config, vocabulary 152,064, one decoder layer, one sequence of 4,096 completion
+tokens after a 16-token prompt, forward + backward of the summed log-probs; the LM head's weight gradient exists
+on both sides):
+    small   text hidden 128, fp32
+    7b      text hidden 3584 (Qwen2.5-VL-7B's head: 152,064 x 3,584), bf16 weights and activations
 
-Measured on CPU (2 shared cores, defaults: B 1, T 4096, V 152064, chunk_size 1024), MB above the inputs:
-    dtype mode       input  naive   ours  naive/ours
-    bf16  forward     1188   4752   1188  4.0x
-    bf16  backward    1188   7128   3564  2.0x
-    fp32  forward     2376   4752   1188  4.0x
-    fp32  backward    2376   7128   5346  1.3x
-Backward always holds the input-sized gradient; ours adds one transient input-sized buffer (slice backward
-assembling the chunk gradients) plus one chunk's fp32 work. A smaller --chunk-size lowers "ours" further.
+What is measured: the peak RSS ABOVE the model and its inputs. After building them the kernel's peak-RSS mark is
+reset (write "5" to /proc/self/clear_refs, Linux >= 4.0), then the peak (VmHWM) after forward + backward minus
+the RSS before it is reported. On CUDA, torch.cuda.max_memory_allocated() after a reset. The ratio plain / chunked
+is printed last for each shape.
 """
 
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-parser = argparse.ArgumentParser(description="peak memory of token log-prob computation")
-parser.add_argument("--vocab", type=int, default=152064, help="V, vocabulary size (Qwen2.5-VL: 152064)")
-parser.add_argument("--seq-len", type=int, default=4096, help="T, completion tokens per sequence")
-parser.add_argument("--batch", type=int, default=1, help="B, sequences in the micro-batch")
-parser.add_argument("--chunk-size", type=int, default=1024, help="rows per chunk for token_logps")
-parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature dividing the logits")
-parser.add_argument("--dtypes", type=str, default="bf16", help="comma list of logits dtypes: bf16,fp32")
-parser.add_argument("--modes", type=str, default="forward,backward", help="comma list: forward,backward")
-parser.add_argument("--device", type=str, default="auto", help="auto | cpu | cuda")
-parser.add_argument("--worker", type=str, default="", help=argparse.SUPPRESS)  # "method,dtype,mode": one run
-args = parser.parse_args()
-
+SHAPES = {"small": dict(hidden=128, heads=4, kv_heads=2, dtype="float32"),
+          "7b": dict(hidden=3584, heads=28, kv_heads=4, dtype="bfloat16")}
 MB = 2 ** 20
 
 
-def current_rss() -> int:
+def rss_now():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def run_worker(method: str, dtype_name: str, mode: str) -> dict:
-    """One measurement in this (fresh) process; returns a dict that the parent prints."""
+def rss_peak():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
+
+
+def measure(shape, method, vocab, seq_len, device):
+    """One measurement in this (fresh) process -> peak bytes above the model and inputs."""
     import torch
     import torch.nn.functional as F
 
     sys.path.insert(0, ROOT)
-    from nanorevisual.grpo import token_logps
+    from nanorevisual.logprobs import completion_logps
+    from nanorevisual.tiny import build_tokenizer, tiny_config
+    from transformers import Qwen2_5_VLForConditionalGeneration
 
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
-    device = "cpu" if device == "auto" else device
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
-    generator = torch.Generator(device=device).manual_seed(0)
-    logits = torch.empty(args.batch, args.seq_len, args.vocab, dtype=dtype, device=device)  # (B, T, V)
-    logits.normal_(generator=generator)  # touch every page, so the input is inside the baseline RSS
-    targets = torch.randint(0, args.vocab, (args.batch, args.seq_len), device=device, generator=generator)  # (B, T)
-    if mode == "backward":
-        logits.requires_grad_(True)
-
-    def naive() -> torch.Tensor:
-        logprobs = F.log_softmax(logits.float() / args.temperature, dim=-1)  # (B, T, V) fp32
-        return torch.gather(logprobs, -1, targets[..., None]).squeeze(-1)  # (B, T)
-
-    def ours() -> torch.Tensor:
-        return token_logps(logits, targets, temperature=args.temperature, chunk_size=args.chunk_size)  # (B, T)
-
-    fn = {"naive": naive, "token_logps": ours}[method]
-    # warm-up on a tiny slice: first calls page in library code and set up thread pools (~100 MB of RSS on CPU)
-    # that would otherwise be billed to whichever method runs first
-    full_logits, full_targets = logits, targets
-    logits = full_logits[:, :2].detach().clone().requires_grad_(mode == "backward")  # (B, 2, V)
-    targets = full_targets[:, :2]  # (B, 2)
-    warm = fn()  # (B, 2)
-    if mode == "backward":
-        warm.sum().backward()
-    logits, targets = full_logits, full_targets
-    del warm
+    cfg = SHAPES[shape]
+    dtype = getattr(torch, cfg["dtype"])
+    torch.manual_seed(0)
+    tok = build_tokenizer(["What is 3+4? The answer is 7."])
+    config = tiny_config(tok, hidden=cfg["hidden"], layers=1, heads=cfg["heads"], kv_heads=cfg["kv_heads"],
+                         vocab_size=vocab)
+    with torch.device(device):
+        model = Qwen2_5_VLForConditionalGeneration(config).to(dtype)
+    prompt, T = 16, seq_len
+    ids = torch.randint(10, vocab, (1, prompt + T), device=device)  # (1, L)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "mm_token_type_ids": torch.zeros_like(ids),
+             "completion_ids": ids[:, prompt:], "completion_mask": torch.ones_like(ids[:, prompt:], dtype=torch.bool)}
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        baseline = torch.cuda.memory_allocated()
+        base = torch.cuda.memory_allocated()
     else:
-        baseline = current_rss()
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # reset the peak-RSS mark (VmHWM, which ru_maxrss reports) to the current RSS
-            peak_was_reset = True
-        except OSError:
-            peak_was_reset = False
-
-    start = time.perf_counter()
-    if mode == "forward":
-        with torch.no_grad():
-            logps = fn()  # (B, T) fp32
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
+        base = rss_now()
+    if method == "plain":
+        logits = model(input_ids=ids, attention_mask=batch["attention_mask"], mm_token_type_ids=batch["mm_token_type_ids"],
+                       use_cache=False, logits_to_keep=T + 1).logits[:, :-1]  # (1, T, V)
+        logps = F.log_softmax(logits.float(), -1).gather(-1, batch["completion_ids"][..., None]).squeeze(-1)  # (1, T)
     else:
-        logps = fn()  # (B, T) fp32
-        logps.sum().backward()
+        logps = completion_logps(model, batch)  # (1, T)
+    logps.sum().backward()
+    assert model.lm_head.weight.grad is not None
     if device == "cuda":
         torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - baseline
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline  # ru_maxrss is in KiB on Linux
-    seconds = time.perf_counter() - start
-    return dict(peak_mb=peak / MB, seconds=seconds, device=device, mean_logp=logps.mean().item(),
-                input_mb=logits.numel() * logits.element_size() / MB,
-                peak_was_reset=peak_was_reset if device == "cpu" else True)
+        return torch.cuda.max_memory_allocated() - base
+    return rss_peak() - base
 
 
-if args.worker:
-    print(json.dumps(run_worker(*args.worker.split(","))))
-    sys.exit(0)
-
-# -----------------------------------------------------------------------------
-# parent: one fresh subprocess per measurement, then a table
-
-forwarded = [f"--vocab={args.vocab}", f"--seq-len={args.seq_len}", f"--batch={args.batch}",
-             f"--chunk-size={args.chunk_size}", f"--temperature={args.temperature}", f"--device={args.device}"]
-print(f"logits (B={args.batch}, T={args.seq_len}, V={args.vocab}), chunk_size {args.chunk_size}; "
-      f"peak memory above the inputs, each number from a fresh process")
-header = f"{'dtype':<6}{'mode':<10}{'input MB':>10}{'naive MB':>11}{'ours MB':>10}{'naive/ours':>12}" \
-         f"{'naive s':>9}{'ours s':>8}{'mean logp naive / ours':>26}"
-rows = []
-for dtype_name in args.dtypes.split(","):
-    for mode in args.modes.split(","):
-        result = {}
-        for method in ("naive", "token_logps"):
-            cmd = [sys.executable, os.path.abspath(__file__), *forwarded, f"--worker={method},{dtype_name},{mode}"]
-            out = subprocess.run(cmd, capture_output=True, text=True)
+def main():
+    parser = argparse.ArgumentParser(description="log-prob memory through the model: plain vs chunked LM head")
+    parser.add_argument("--shapes", default="small,7b", help="comma list of: small, 7b")
+    parser.add_argument("--vocab", type=int, default=152064, help="vocabulary size")
+    parser.add_argument("--seq-len", type=int, default=4096, help="completion tokens")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda")
+    parser.add_argument("--worker", default="", help=argparse.SUPPRESS)  # "shape,method": one measurement
+    args = parser.parse_args()
+    if args.worker:
+        shape, method = args.worker.split(",")
+        print(json.dumps({"peak": measure(shape, method, args.vocab, args.seq_len, args.device)}))
+        return
+    for shape in args.shapes.split(","):
+        peaks = {}
+        for method in ("plain", "chunked"):
+            out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", f"{shape},{method}",
+                                  "--vocab", str(args.vocab), "--seq-len", str(args.seq_len), "--device", args.device],
+                                 capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="2"))
             if out.returncode != 0:
-                sys.exit(f"worker {method},{dtype_name},{mode} failed:\n{out.stderr}")
-            result[method] = json.loads(out.stdout.strip().splitlines()[-1])
-            if not result[method]["peak_was_reset"]:
-                print(f"warning: could not reset the peak-RSS mark for {method},{dtype_name},{mode}; "
-                      f"its number may include input creation")
-        naive, ours = result["naive"], result["token_logps"]
-        rows.append(f"{dtype_name:<6}{mode:<10}{naive['input_mb']:>10.0f}{naive['peak_mb']:>11.0f}"
-                    f"{ours['peak_mb']:>10.0f}{naive['peak_mb'] / max(ours['peak_mb'], 1e-9):>11.1f}x"
-                    f"{naive['seconds']:>9.1f}{ours['seconds']:>8.1f}"
-                    f"{naive['mean_logp']:>14.4f} / {ours['mean_logp']:.4f}")
-        print(rows[-1] if len(rows) > 1 else header + "\n" + rows[-1], flush=True)
-print(f"device: {naive['device']}")
+                sys.exit(out.stderr[-3000:])
+            peaks[method] = json.loads(out.stdout.strip().splitlines()[-1])["peak"]
+        cfg = SHAPES[shape]
+        print(f"{shape}: hidden {cfg['hidden']} {cfg['dtype']}, V {args.vocab}, T {args.seq_len}, {args.device} | "
+              f"plain {peaks['plain'] / MB:.0f} MB | chunked {peaks['chunked'] / MB:.0f} MB | "
+              f"per completion token: plain {peaks['plain'] / args.seq_len / 1024:.0f} KB, chunked "
+              f"{peaks['chunked'] / args.seq_len / 1024:.0f} KB")
+        print(f"{shape}: peak plain / chunked = {peaks['plain'] / peaks['chunked']:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,64 +1,28 @@
-"""
-GRPO math for ReVisual-R1: token log-probs, group advantages, PAD selection, and the clipped policy loss.
-All functions are pure tensor functions (tensors and plain values in, tensors out); the training script owns
-the model, the optimizer and the distributed plumbing.
+"""GRPO math for ReVisual-R1: group advantages (eq. 3), PAD selection (§4.1.1, Algorithm 1), the update plan, and the
+clipped policy loss with the released clip-higher, dual clip and k3 KL. Pure tensor functions; the training script
+owns the model, the optimizer and the distributed plumbing. docs/paper_notes.md §3-§4 states every equation.
 
-Shape legend (shared by every file of the package):
-    P   prompts
-    G   group size (samples per prompt)
-    N   = P*G sequences of a rollout batch
-    B   sequences in a micro-batch
-    T   padded completion length
-    V   vocabulary size
-    k   sequences selected by PAD
-    H   hidden size
-    C   rows (tokens) in one chunk of the chunked LM head (logprobs.py)
+Shape legend (shared by every file of the package): P prompts, G group size, N = P*G sequences of a rollout batch,
+B sequences in a micro-batch, T padded completion length, V vocabulary, H hidden size, k sequences PAD selects,
+C rows in one chunk of the chunked LM head (logprobs.py).
 
-PAD in a distributed run: PAD runs over the GLOBAL rollout batch. Every rank gathers the (N,) advantages of
-all ranks, seeds its CPU `torch.Generator` identically (e.g. from (seed, step)), and calls `pad_select`; every
-rank therefore computes the identical selection and then trains on its own share of the selected indices. This
-matches the released code, which applies PAD to the whole flattened rollout batch (docs/paper_notes.md §4), and keeps the
-selection independent of the world size. Splitting the k selected sequences so that every rank runs the same
-number of micro-batches (FSDP needs equal collective counts) is the training script's job.
+PAD runs over the GLOBAL rollout batch, as the released code does: every rank gathers all (N,) advantages, seeds
+its generator identically and computes the same selection, then trains on the selected sequences it generated.
 
-References:
-    ReVisual-R1, arXiv 2506.04207 (v1): §4.1.1 and Appendix A.2 (Algorithm 1) for PAD; Table 4 for the
-        PAD ablations (`PAD_PRESETS`); the released code `CSfufu/Revisual-R1` (verl/trainer/ray_trainer.py,
-        verl/trainer/core_algos.py, verl/workers/actor/dp_actor.py), summarised in docs/paper_notes.md.
-    DeepSeekMath, arXiv 2402.03300, §4.1: GRPO, group-normalised outcome advantages.
-    DAPO, arXiv 2503.14476: clip-higher (asymmetric clip) and the token-level mean loss.
-    Dr. GRPO, arXiv 2503.20783: advantages without the division by the group std.
-    PPO, arXiv 1707.06347: clipped surrogate. Dual-clip PPO: Ye et al., arXiv 1912.09729.
-    k3 KL estimator: J. Schulman, "Approximating KL Divergence", http://joschu.net/blog/kl-approx.html
-        (verl calls it "low_var_kl").
-
-Deviations (from the paper, from the released code, or choices where neither says):
-    1. PAD priority. The paper (§4.1.1) samples with softmax(|A|/τ), τ decayed linearly 1.0 → 0.3; the released
-       code samples with a power law (|A| + 1e-8)^α and has no τ. Both are implemented (`weighting="softmax"` /
-       `"power"`); the `paper` and `code` presets pick one each.
-    2. The `paper` preset's values (t_low 0.03, t_high inf, ρ 0.5, no replacement) are OUR reading: v1 gives no
-       numeric T_low / T_high / ρ. t_low is borrowed from the code; t_high = inf because the paper motivates
-       only the lower cut; ρ = 0.5 without replacement makes PAD an actual "distillation" of the batch.
-    3. Effective set thresholds are strict, t_low < |A| < t_high, as in the released code (the paper writes ≤).
-    4. Sample count k = ceil(ρ·N) as in the paper; the code uses int(ρ·N) (floor). They agree for the released
-       ρ = 1.5 with even N.
-    5. Empty effective set (or k == 0): we return an empty index tensor (the paper's Algorithm 1). The released
-       code instead falls back to training on the unfiltered batch; the script decides (style: skip the step on
-       all ranks).
-    6. "filter" ablation = `weighting="all"`: return every index of the effective set in order (ρ, τ, α and
-       replacement are ignored); "none" = `"all"` with t_low = -inf, t_high = inf, i.e. the whole batch.
-    7. Sequence advantage for PAD: GRPO gives one scalar per response, so we take it directly; the code's
-       length-normalised sum over tokens (`pad_normalize_by_length`) equals it for GRPO.
-    8. Loss normalisation: masked token SUM divided by `num_tokens`, the token count of the whole optimizer step
-       over all micro-batches and ranks (DAPO's token mean, global). The released code takes a token mean per
-       micro-batch and divides by the accumulation count, which weights tokens unequally across micro-batches.
-    9. Numerical guards copied from the released code: the log-ratio is clamped to [ln 1e-3, ln 1e3] before exp
-       and the k3 term to at most 10 (verl's `low_var_kl` clamp; k3 ≥ 0 so the lower clamp is moot). Where the
-       clamps are active the gradient is zero, exactly as in the code.
-   10. Entropy bonus uses the released code's sampled-token estimate, mean of -log p(sampled token), not the
-       full-distribution entropy (which would need the (B, T, V) logits inside the loss).
-   11. Log-probs are of the temperature-scaled, suppress-masked distribution, but NOT of the top-p truncated one
-       (top-p changes which tokens can be sampled, not our ratio), as in verl and TRL.
+Deviations (from the paper, the released code, or choices where neither says):
+    1. Priority: the paper's softmax(|A|/τ) with τ 1.0 → 0.3 and the released power law (|A| + 1e-8)^α are both
+       implemented (`weighting`); the `paper` and `code` presets pick one each.
+    2. The `paper` preset's values (t_low 0.03, no upper cut, ρ 0.5 without replacement) are our reading: v1 gives
+       no numbers (docs/paper_notes.md §4 says why these).
+    3. Thresholds are strict, t_low < |A| < t_high, as released (the paper writes ≤). k = ceil(ρN) as in the paper
+       (released: int(ρN); equal for ρ = 1.5 and even N).
+    4. An empty effective set returns no indices (Algorithm 1); the script skips the update (--pad-empty skip) or
+       trains on the whole batch, the released fallback (--pad-empty full).
+    5. Loss: masked token SUM / the token count of the whole optimizer step over all micro-batches and ranks (a
+       global token mean); released: a token mean per micro-batch divided by the accumulation count.
+    6. As released: the log-ratio is clamped to [ln 1e-3, ln 1e3] and k3 to at most 10; the entropy bonus uses
+       -log p of the sampled token; log-probs are of the temperature-scaled, suppress-masked distribution, not the
+       top-p truncated one (as in verl and TRL).
 """
 
 import math

@@ -118,7 +118,7 @@ def sequence_logps(model, inputs, targets, *, temperature=1.0, suppress_ids=None
 def completion_logps(model, batch, *, temperature=1.0, suppress_ids=None, chunk_rows=CHUNK_ROWS):
     """Log-probs (B, T) fp32 of batch["completion_ids"] (rollout.collate_rollouts) under the model."""
     device = next(model.parameters()).device
-    inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values",
-                                                "image_grid_thw") if k in batch}
+    inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "mm_token_type_ids", "position_ids",
+                                                "pixel_values", "image_grid_thw") if k in batch}
     return sequence_logps(model, inputs, batch["completion_ids"].to(device), temperature=temperature,
                           suppress_ids=suppress_ids, chunk_rows=chunk_rows)

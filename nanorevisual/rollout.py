@@ -29,7 +29,8 @@ def generate_rollouts(model, processor, messages_list, *, group_size, max_new_to
     """Sample `group_size` completions for each prompt. Returns a list of len(messages_list) * group_size dicts,
     the G samples of prompt i at positions [i*G, (i+1)*G):
 
-        prompt_ids (Lp,) long, prompt_mm_types (Lp,) long, pixel_values (n_patches, D) | None,
+        prompt_ids (Lp,) long, prompt_mm_types (Lp,) long, prompt_positions (3, Lp) long (M-RoPE),
+        pixel_values (n_patches, D) | None,
         image_grid_thw (n_images, 3) | None, completion_ids (Tc,) long (through the first stop token),
         truncated bool (no stop token within max_new_tokens), text str (decoded, special tokens skipped),
         prompt_index int, num_tokens int (= Tc)
@@ -57,9 +58,11 @@ def generate_rollouts(model, processor, messages_list, *, group_size, max_new_to
             torch.manual_seed(seed * 100_003 + prompt_offset + start)  # per (seed, first prompt of the call)
         gen_inputs = {k: v.to(device) for k, v in enc.items()}
         if share_prefill:
-            gen_inputs = prefill_once(model, gen_inputs, group_size)
+            gen_inputs, positions = prefill_once(model, gen_inputs, group_size)
         else:
+            positions = model._prepare_position_ids_for_generation(gen_inputs["input_ids"], dict(gen_inputs))
             gen_inputs["num_return_sequences"] = group_size
+        positions = positions[1:].cpu()  # (3, p, P) the M-RoPE positions generate uses, kept for the training forward
         seqs = model.generate(**gen_inputs, **sampling, max_new_tokens=max_new_tokens, suppress_tokens=suppress_ids,
                               synced_gpus=synced_gpus, output_scores=with_scores, return_dict_in_generate=True)
         P = enc["input_ids"].shape[1]
@@ -76,6 +79,7 @@ def generate_rollouts(model, processor, messages_list, *, group_size, max_new_to
             ids = ids[:length].clone()  # (Tc,)
             pixels, grid = per_prompt_pixels[p]
             out.append({"prompt_ids": enc["input_ids"][p][row_mask], "prompt_mm_types": enc["mm_token_type_ids"][p][row_mask],
+                        "prompt_positions": positions[:, p, row_mask],
                         "pixel_values": pixels, "image_grid_thw": grid, "completion_ids": ids, "truncated": truncated,
                         "text": tok.decode(ids, skip_special_tokens=True), "prompt_index": start + p,
                         "num_tokens": length})
@@ -91,7 +95,8 @@ def prefill_once(model, enc, group_size):
     image_grid_thw). The prefill covers positions [0, P-1) with the 3-D M-RoPE positions generate itself would use
     (the model's own _prepare_position_ids_for_generation); the cache and the per-row rope offsets are repeated G
     times, and generate, given the cache, feeds the last prompt token and decodes. Greedy decoding gives the same
-    tokens as the repeated-prompt path (tests/test_rollout.py). Returns generate's keyword arguments."""
+    tokens as the repeated-prompt path (tests/test_rollout.py). Returns (generate's keyword arguments, the (4, p, P)
+    positions: text row, then the three M-RoPE rows)."""
     ids, mask, types = enc["input_ids"], enc["attention_mask"], enc["mm_token_type_ids"]  # (p, P) each
     kwargs = {k: v for k, v in enc.items() if k != "input_ids"}
     positions = model._prepare_position_ids_for_generation(ids, dict(kwargs))  # (4, p, P); sets model.model.rope_deltas
@@ -102,7 +107,7 @@ def prefill_once(model, enc, group_size):
     cache.batch_repeat_interleave(group_size)  # (p*G, ...) sample k of prompt i at row i*G + k
     model.model.rope_deltas = rope_deltas.repeat_interleave(group_size, 0)  # (p*G, 1)
     return {"input_ids": ids.repeat_interleave(group_size, 0), "attention_mask": mask.repeat_interleave(group_size, 0),
-            "mm_token_type_ids": types.repeat_interleave(group_size, 0), "past_key_values": cache}
+            "mm_token_type_ids": types.repeat_interleave(group_size, 0), "past_key_values": cache}, positions
 
 
 def completion_length(ids, stop_ids):
@@ -156,8 +161,11 @@ def split_pixels(enc):
 def collate_rollouts(seqs, pad_token_id):
     """Re-batch rollout dicts: [left-padded prompt | completion | right padding] per row.
 
-    Returns model inputs (input_ids, attention_mask, mm_token_type_ids, pixel_values, image_grid_thw) plus
-    completion_ids (B, T) and completion_mask (B, T); the completion occupies positions [P, P+T) of every row.
+    Returns model inputs (input_ids, attention_mask, mm_token_type_ids, position_ids, pixel_values, image_grid_thw)
+    plus completion_ids (B, T) and completion_mask (B, T); the completion occupies positions [P, P+T) of every row.
+    position_ids (3, B, P+T) are the M-RoPE positions generate used (the prompt's, then one text position per
+    completion token), so the training forward skips the model's per-row rope-index loop; padding keeps the 0 that
+    the model's own get_rope_index writes there.
     """
     P = max(s["prompt_ids"].numel() for s in seqs)
     T = max(max(s["completion_ids"].numel() for s in seqs), 1)
@@ -166,6 +174,7 @@ def collate_rollouts(seqs, pad_token_id):
     attention_mask = torch.zeros((B, P + T), dtype=torch.long)  # (B, P+T)
     mm_types = torch.zeros((B, P + T), dtype=torch.long)  # (B, P+T) 1 on image tokens, 0 on text and completion
     completion_mask = torch.zeros((B, T), dtype=torch.bool)  # (B, T)
+    position_ids = torch.zeros((3, B, P + T), dtype=torch.long)  # (3, B, P+T)
     pixels, grids = [], []
     for i, s in enumerate(seqs):
         lp, lc = s["prompt_ids"].numel(), s["completion_ids"].numel()
@@ -174,11 +183,13 @@ def collate_rollouts(seqs, pad_token_id):
         input_ids[i, P:P + lc] = s["completion_ids"]
         attention_mask[i, P - lp:P + lc] = 1
         completion_mask[i, :lc] = True
+        position_ids[:, i, P - lp:P] = s["prompt_positions"]
+        position_ids[:, i, P:P + lc] = s["prompt_positions"][:, -1:] + torch.arange(1, lc + 1)  # (3, lc) text
         if s["pixel_values"] is not None:
             pixels.append(s["pixel_values"])
             grids.append(s["image_grid_thw"])
     batch = {"input_ids": input_ids, "attention_mask": attention_mask, "mm_token_type_ids": mm_types,
-             "completion_ids": input_ids[:, P:], "completion_mask": completion_mask}
+             "position_ids": position_ids, "completion_ids": input_ids[:, P:], "completion_mask": completion_mask}
     if pixels:
         batch["pixel_values"] = torch.cat(pixels)  # (n_patches, D)
         batch["image_grid_thw"] = torch.cat(grids)  # (n_images, 3)

@@ -163,3 +163,21 @@ def test_shared_prefill_matches_repeated_prompts(tiny_stack, mixed_messages):
         logps = completion_logps(model, batch, temperature=1.0, suppress_ids=suppress)  # (B, T)
     worst = max((logps[i, :s["num_tokens"]] - s["sample_logps"]).abs().max().item() for i, s in enumerate(shared))
     assert worst <= 1e-5, worst
+
+
+def test_stored_positions_equal_the_models_own(tiny_stack, mixed_messages):
+    """collate_rollouts' position_ids (from generate's prompt positions) are exactly what the model would compute
+    itself from mm_token_type_ids: the same logits with and without them."""
+    model, processor = tiny_stack
+    seqs = generate_rollouts(model, processor, mixed_messages, group_size=2, max_new_tokens=6, temperature=1.0,
+                             micro_batch_size=8, suppress_ids=vision_token_ids(processor), seed=2)
+    batch = collate_rollouts(seqs[::-1], processor.tokenizer.pad_token_id)  # another padding layout than generate's
+    keys = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")
+    inputs = {k: batch[k] for k in keys}
+    ours, _ = model.model.get_rope_index(batch["input_ids"], batch["mm_token_type_ids"], batch["image_grid_thw"],
+                                         attention_mask=batch["attention_mask"])  # (3, B, L)
+    assert torch.equal(batch["position_ids"], ours)
+    with torch.no_grad():
+        with_pos = model(**inputs, position_ids=batch["position_ids"], use_cache=False).logits
+        without = model(**inputs, use_cache=False).logits
+    assert torch.equal(with_pos, without)
