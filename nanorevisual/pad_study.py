@@ -26,6 +26,11 @@ Definitions (results.json repeats them):
 - stagnation onset: the first step from which the 10-step running mean of the zero-advantage fraction stays at or
   above 0.8 until the end (None: never).
 
+Differences from the paper's Tables 3 and 4 (by design of a CPU toy): a ~1M-parameter model, a binary accuracy
+reward (no heuristic terms, so whole groups tie and |A| takes only 2(G-1) values), one held-out toy task instead of
+six benchmarks, and a few hundred steps of 16 prompts x 8. The presets' thresholds and ratios are grpo.PAD_PRESETS
+(the paper gives none); the map keeps each preset's ratio and replacement and changes only t_low and t_high.
+
 Runs go --jobs at a time with one thread each, the same for every variant (results.json records it); wall-clock
 numbers are comparable only within one study. A study stopped midway resumes: runs whose final/meta.json exists are
 kept, a half-finished run folder is deleted and run again.
