@@ -233,17 +233,48 @@ def folder_name(spec):
     return spec.replace(":", "_").replace("=", "_")
 
 
+TOY_GROUP_SIZE = 8  # train_grpo.py's toy preset
+REWARD_FLAGS = ("--w-accuracy", "--w-format", "--w-length", "--scale-by-std")
+
+
+def binary_reward_band(t_low, t_high, group_size):
+    """The |A| values a binary reward can give in a group of G (0 for tied groups) that fall inside
+    t_low < |A| < t_high, compared as pad_select compares them (fp32 advantages)."""
+    import torch
+    from nanorevisual.grpo import group_advantages
+    values = [torch.zeros(1)] + [group_advantages(torch.tensor([1.0] * c + [0.0] * (group_size - c)), group_size).abs()
+                                 for c in range(1, group_size)]
+    values = torch.cat(values).unique()  # (V,) fp32
+    return tuple(values[(values > t_low) & (values < t_high)].tolist())
+
+
+def map_cell_groups(presets, t_lows, t_highs, extra):
+    """{(preset, t_low, t_high): the cell whose runs it shares}. Under the toy's binary reward two threshold pairs
+    whose bands hold the same possible |A| values select identically, so with the same seed their runs are the same
+    run: it is run once. Only when --extra leaves the reward and G alone (else every cell is its own)."""
+    words = extra.split()
+    binary = not any(flag in words for flag in REWARD_FLAGS)
+    group_size = int(words[words.index("--group-size") + 1]) if "--group-size" in words else TOY_GROUP_SIZE
+    owner, first = {}, {}
+    for preset in presets:
+        for t_low in t_lows:
+            for t_high in t_highs:
+                key = (preset, binary_reward_band(t_low, t_high, group_size)) if binary else (preset, t_low, t_high)
+                owner[(preset, t_low, t_high)] = first.setdefault(key, (preset, t_low, t_high))
+    return owner
+
+
 # -----------------------------------------------------------------------------
 # Studies
 
 
 def variant_study(args, ctx, specs):
     """The ablation and the sweep: {variant: flags} x seeds, all mrl from the cold start."""
-    jobs, dirs = [], {}
-    for name, flags in specs.items():
-        for seed in args.seeds:
+    jobs, dirs = [], {name: [] for name in specs}
+    for seed in args.seeds:  # seed-major: each variant shares the machine with every other, and a stopped study
+        for name, flags in specs.items():  # has whole seeds done
             run_dir = os.path.join(args.out_dir, folder_name(name), f"seed{seed}")
-            dirs.setdefault(name, []).append((seed, run_dir))
+            dirs[name].append((seed, run_dir))
             jobs.append((run_dir, ctx["grpo"]("mrl", ctx["init"]) + ["--seed", seed, "--max-steps", args.steps, *flags]))
     if args.plan:
         return print_plan(jobs, args)
@@ -274,17 +305,17 @@ def variant_study(args, ctx, specs):
 
 
 def map_study(args, ctx):
-    """t_low x t_high for each --map-presets preset; one mrl run per cell and seed."""
+    """t_low x t_high for each --map-presets preset; one mrl run per distinct cell and seed."""
+    owner = map_cell_groups(args.map_presets, args.map_t_low, args.map_t_high, args.extra)
     jobs, cells = [], {}
-    for preset in args.map_presets:
-        for t_low in args.map_t_low:
-            for t_high in args.map_t_high:
-                for seed in args.seeds:
-                    run_dir = os.path.join(args.out_dir, preset, f"tl{t_low}_th{t_high}", f"seed{seed}")
-                    cells.setdefault((preset, t_low, t_high), []).append((seed, run_dir))
-                    jobs.append((run_dir, ctx["grpo"]("mrl", ctx["init"]) + [
-                        "--seed", seed, "--max-steps", args.steps, "--pad", preset, "--pad-t-low", t_low,
-                        "--pad-t-high", t_high]))
+    for seed in args.seeds:  # seed-major, as in variant_study
+        for cell, (preset, t_low, t_high) in owner.items():
+            run_dir = os.path.join(args.out_dir, preset, f"tl{t_low}_th{t_high}", f"seed{seed}")
+            cells.setdefault(cell, []).append((seed, run_dir))
+            if cell == owner[cell]:
+                jobs.append((run_dir, ctx["grpo"]("mrl", ctx["init"]) + [
+                    "--seed", seed, "--max-steps", args.steps, "--pad", preset, "--pad-t-low", t_low,
+                    "--pad-t-high", t_high]))
     if args.plan:
         return print_plan(jobs, args)
     run_all(jobs, args.jobs)
@@ -293,11 +324,15 @@ def map_study(args, ctx):
         grid = []
         for t_low in args.map_t_low:
             for t_high in args.map_t_high:
-                runs = [summarize_run(d, s, ctx["mm_key"], ctx["text_key"]) for s, d in cells[(preset, t_low, t_high)]]
+                runs = [summarize_run(d, s, ctx["mm_key"], ctx["text_key"])
+                        for s, d in cells[owner[(preset, t_low, t_high)]]]
                 for r in runs:  # curves and series stay in the run folders: 3 x 12 x 2 runs would bloat the file
                     for key in ("curve", "zero_adv_by_step", "selected_by_step"):
                         r.pop(key)
-                grid.append({"t_low": t_low, "t_high": t_high, "runs": runs, "summary": summarize_variant(runs)})
+                same = owner[(preset, t_low, t_high)]
+                grid.append({"t_low": t_low, "t_high": t_high, "runs": runs, "summary": summarize_variant(runs),
+                             "same_runs_as": None if same == (preset, t_low, t_high) else
+                             {"t_low": same[1], "t_high": same[2]}})
         maps[preset] = grid
         plots.append(plot_heatmap(grid, args.map_t_low, args.map_t_high, os.path.join(args.out_dir, f"map_{preset}.png"),
                                   f"--pad {preset}: held-out accuracy at step {args.steps}\n({args.task} task, "
@@ -410,15 +445,23 @@ def map_report(args, ctx, maps):
     lines += ["Each cell: held-out image accuracy at the end, mean [95% CI] over seeds, and seconds per step. "
               "The two maps keep their presets' other settings: power = released (α 1.5, ρ 1.5, with replacement), "
               "softmax = paper (τ 1.0 -> 0.3, ρ 0.5, without replacement).", ""]
+    shared = [(p, c) for p, grid in maps.items() for c in grid if c["same_runs_as"]]
+    if shared:
+        lines += [f"With a binary reward and G = {TOY_GROUP_SIZE} the nonzero |A| take only the values 0.35, 0.54, "
+                  "0.72, 0.94, 1.21, 1.62 and 2.47, so threshold pairs that keep the same of these values select "
+                  "the same samples and, seed for seed, are the same run; each was run once and its numbers fill "
+                  "every such cell (marked `=` below): " + "; ".join(
+                      f"{p} ({c['t_low']}, {c['t_high']}) = ({c['same_runs_as']['t_low']}, "
+                      f"{c['same_runs_as']['t_high']})" for p, c in shared) + ".", ""]
     for preset, grid in maps.items():
         lines += [f"## --pad {preset}", "", "| t_low \\ t_high | " + " | ".join(str(t) for t in args.map_t_high) + " |",
                   "|---|" + "---:|" * len(args.map_t_high)]
         for t_low in args.map_t_low:
             cells = [c for c in grid if c["t_low"] == t_low]
             lines.append(f"| {t_low} | " + " | ".join(
-                f"{fmt_ci(c['summary']['final_acc'])}, {c['summary']['seconds_per_step']['mean']:.2f} s"
-                for c in cells) + " |")
-        ranked = sorted(grid, key=lambda c: c["summary"]["final_acc"]["mean"])
+                ("= " if c["same_runs_as"] else "") + f"{fmt_ci(c['summary']['final_acc'])}, "
+                f"{c['summary']['seconds_per_step']['mean']:.2f} s" for c in cells) + " |")
+        ranked = sorted((c for c in grid if not c["same_runs_as"]), key=lambda c: c["summary"]["final_acc"]["mean"])
         for label, c in (("best", ranked[-1]), ("worst", ranked[0])):
             lines.append(f"\n{label}: t_low {c['t_low']}, t_high {c['t_high']}: {fmt_ci(c['summary']['final_acc'])}")
         lines.append("")
@@ -469,7 +512,8 @@ def main():
     parser.add_argument("--sweep", default=None, help="sweep: KNOB=V1,V2,... one train_grpo.py flag over values")
     parser.add_argument("--base", default="paper", help="sweep: the PAD preset the sweep starts from")
     parser.add_argument("--map-presets", nargs="+", default=["code", "paper"], help="map: one map per preset")
-    parser.add_argument("--map-t-low", nargs="+", type=float, default=[0.0, 0.03, 0.1, 0.3], help="map: t_low rows")
+    parser.add_argument("--map-t-low", nargs="+", type=float, default=[0.0, 0.03, 0.1, 0.3, 0.5, 0.8],
+                        help="map: t_low rows (at G = 8, 0 to 0.3 keep the same |A| values; 0.5 and 0.8 cut)")
     parser.add_argument("--map-t-high", nargs="+", type=float, default=[0.97, 1.5, float("inf")],
                         help="map: t_high columns")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: 5 for the ablation, 3 "

@@ -184,20 +184,54 @@ def test_ablation_smoke_results_plots_and_resume(tmp_path, tiny_dir):
 
 def test_map_smoke(tmp_path, tiny_dir):
     out = tmp_path / "map"
+    # G = 4 (TINY_RUN): the nonzero |A| are 0.5, 0.87 and 1.5, so t_low 0 and 0.3 keep the same samples; 0.6 does not
     done = study(tmp_path, tiny_dir, "--mode", "map", "--out-dir", out, "--map-presets", "code", "--map-t-low", 0,
-                 0.3, "--map-t-high", "inf", "--seeds", 0, 1, "--steps", 1)
+                 0.3, 0.6, "--map-t-high", "inf", "--seeds", 0, 1, "--steps", 1)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "4 runs to do" in done.stdout  # 2 distinct cells x 2 seeds
     results = json.load(open(out / "results.json"))
-    assert results["config"]["map_t_low"] == [0.0, 0.3] and results["config"]["seeds"] == [0, 1]
+    assert results["config"]["map_t_low"] == [0.0, 0.3, 0.6] and results["config"]["seeds"] == [0, 1]
     cells = results["maps"]["code"]
-    assert [(c["t_low"], c["t_high"]) for c in cells] == [(0.0, math.inf), (0.3, math.inf)]
+    assert [(c["t_low"], c["t_high"]) for c in cells] == [(0.0, math.inf), (0.3, math.inf), (0.6, math.inf)]
+    assert [c["same_runs_as"] for c in cells] == [None, {"t_low": 0.0, "t_high": math.inf}, None]
+    assert cells[1]["runs"] == cells[0]["runs"]
     for c in cells:
         assert [r["seed"] for r in c["runs"]] == [0, 1] and c["summary"]["final_acc"]["n"] == 2
+    for c in (cells[0], cells[2]):
         meta = json.load(open(os.path.join(c["runs"][0]["run_dir"], "final", "meta.json")))
         assert meta["user_config"]["pad_t_low"] == c["t_low"] and meta["user_config"]["pad"] == "code"
     with Image.open(out / "map_code.png") as im:
         assert im.size[0] > 300
-    assert "best: t_low" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "best: t_low" in report and "code (0.3, inf) = (0.0, inf)" in report
+
+
+@pytest.mark.parametrize("group_size", [4, 8])
+def test_shared_map_cells_select_identically(group_size):
+    """What the map's sharing of cells rests on: with a binary reward, threshold pairs put in one group select the
+    same samples from any batch (train_grpo.py sees the thresholds only through pad_select and pad/effective)."""
+    import torch
+    from nanorevisual.grpo import PAD_PRESETS, group_advantages, pad_select
+    from nanorevisual.pad_study import map_cell_groups
+    extra = f"--group-size {group_size}"
+    owner = map_cell_groups(["code", "paper"], [0.0, 0.03, 0.1, 0.3, 0.5, 0.8], [0.97, 1.5, math.inf], extra)
+    assert len(set(owner.values())) < len(owner)
+    rng = random.Random(0)
+    for trial in range(40):
+        p = rng.random()
+        rewards = torch.tensor([float(rng.random() < p) for _ in range(8 * group_size)])  # (N,) binary
+        adv = group_advantages(rewards, group_size)  # (N,)
+        for (preset, t_low, t_high), (_, o_low, o_high) in owner.items():
+            cfg = dict(PAD_PRESETS[preset])
+
+            def pick(lo, hi):
+                return pad_select(adv, **dict(cfg, t_low=lo, t_high=hi), generator=torch.Generator().manual_seed(trial))
+
+            assert torch.equal(pick(t_low, t_high), pick(o_low, o_high)), (preset, t_low, t_high, trial)
+            effective = lambda lo, hi: int(((adv.abs() > lo) & (adv.abs() < hi)).sum())  # noqa: E731
+            assert effective(t_low, t_high) == effective(o_low, o_high)
+    # a graded reward breaks the equivalence, so the map then runs every cell
+    assert len(set(map_cell_groups(["code"], [0.0, 0.3], [math.inf], "--w-length 0.5").values())) == 2
 
 
 def test_stage_order_smoke(tmp_path, tiny_dir):
