@@ -72,7 +72,9 @@ def task_answer(task, colour, shape):
 def task_response(task, colour, shape):
     if task == "colour":
         return colour_response(colour)
-    return f"<think>It is a {colour} {shape}.</think> \\boxed{{{colour} {shape}}}"
+    # "The shape is a ..." reuses the tokens of the colour answers; "It is a ..." left the cold start answering
+    # image prompts with "<think>2}" (94% of samples, measured), too few well-formed answers for GRPO to start from
+    return f"<think>The shape is a {colour} {shape}.</think> \\boxed{{{colour} {shape}}}"
 
 
 def draw_shape(rng):
