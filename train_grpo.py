@@ -259,10 +259,19 @@ def evaluate(rows):
 
 
 def run_eval(step):
-    """Held-out accuracy on every --val-data file: one print line and one metrics record {"step", "eval/*"}."""
+    """Held-out accuracy on every --val-data file: one print line and one metrics record {"step", "eval/*"}, which
+    also carries the budget spent so far (training seconds and tokens: equal-time / equal-token comparisons)."""
+    t0 = time.perf_counter()
     record = {"step": step, **{f"eval/{name}/accuracy": evaluate(rows) for name, rows in val_sets.items()}}
     print0(f"step {step:4d} | eval " + " | ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in record.items() if k != "step"))
-    metrics.log(record)
+    metrics.log({**record, **budget_so_far(), "time/eval_s_cum": spent["eval_s"]})
+    spent["eval_s"] += time.perf_counter() - t0
+
+
+def budget_so_far():
+    """Cumulative training wall-clock (the sum of time/step: rollouts, PAD, updates; no evals, dumps, saves or
+    start-up) and trained tokens (completion tokens through the policy-gradient update, repeats and epochs counted)."""
+    return {"time/train_s_cum": spent["train_s"], "train/tokens_cum": spent["tokens"]}
 
 
 def micro_batch(local_idx):
@@ -319,10 +328,12 @@ def optimizer_step(micro_batches, old, ref):
 # ----------------------------------------------------------------------------------------------------------------
 # Resume
 start_step, entropy_updates, pad_empty_steps = 0, 0, 0
+spent = {"train_s": 0.0, "eval_s": 0.0, "tokens": 0.0}  # budget counters, saved in the resume state
 if resume_dir:
     extra = checkpoint.load_resume(resume_dir, model, optimizer, ddp)
     checkpoint.set_rng_state(extra["rng"])
     start_step, entropy_updates, pad_empty_steps = extra["step"], extra["entropy_updates"], extra["pad_empty_steps"]
+    spent.update(extra.get("spent", {}))
     print0(f"resumed from {resume_dir} at step {start_step}")
 if args.resume and master_process:  # drop what was logged after the checkpoint (everything, without one)
     truncate_jsonl(os.path.join(args.out_dir, "metrics.jsonl"), start_step)
@@ -332,7 +343,7 @@ metrics = MetricsLogger(args.out_dir, enabled=master_process)
 def save(name, step):
     """Collective under FSDP. Step folders carry the resume state; final/ is the HF folder the next stage loads."""
     extra = {"rng": checkpoint.rng_state(), "step": step, "entropy_updates": entropy_updates,
-             "pad_empty_steps": pad_empty_steps}
+             "pad_empty_steps": pad_empty_steps, "spent": dict(spent)}
     checkpoint.save_checkpoint(os.path.join(args.out_dir, name), model, processor,
                                {"user_config": user_config, "sampling": sampling, "step": step, "stage": args.stage},
                                optimizer=None if name == "final" else optimizer, extra=extra, ddp=ddp)
@@ -440,6 +451,9 @@ for step in range(start_step, args.max_steps):
     record["time/gen_tokens_per_s"] = sums["rollout/len_mean"] / max(times.get("generate", 0.0), 1e-9)  # all ranks
     if device.type == "cuda":
         record["gpu/peak_gb"] = torch.cuda.max_memory_allocated(device) / 1e9  # this rank, since the start
+    spent["train_s"] += record["time/step"]
+    spent["tokens"] += trained_tokens
+    record.update(budget_so_far())
     metrics.log(record)
     pbar.update(1)
     if (step + 1) % args.log_every == 0 or step == args.max_steps - 1:

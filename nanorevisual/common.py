@@ -153,10 +153,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_script(script, *args, log=None, threads=None):
-    """Run one of the project's scripts (train_sft.py, ...) as a user would, from the repository root; returns its
-    wall time. Output streams to the terminal, or to the file `log`; threads caps torch's CPU threads (several runs
-    share the cores). Raises RuntimeError naming the command and the log when it fails."""
-    cmd = [sys.executable, os.path.join(ROOT, script), *map(str, args)]
+    """Run one of the project's scripts (train_sft.py, ... or a module such as nanorevisual.pad_explorer) as a user
+    would, from the repository root; returns its wall time. Output streams to the terminal, or to the file `log`;
+    threads caps torch's CPU threads (several runs share the cores). Raises RuntimeError naming the command and the
+    log when it fails."""
+    target = [os.path.join(ROOT, script)] if script.endswith(".py") else ["-m", script]
+    cmd = [sys.executable, *target, *map(str, args)]
     env = dict(os.environ, PYTHONPATH=ROOT, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
     if log:
         os.makedirs(os.path.dirname(os.path.abspath(log)), exist_ok=True)

@@ -90,6 +90,40 @@ def pad_tau(step: int, total_steps: int, tau_start: float = 1.0, tau_end: float 
     return tau_start + (tau_end - tau_start) * progress
 
 
+def pad_distribution(advantages: torch.Tensor, *, t_low: float, t_high: float, ratio: float, weighting: str,
+                     tau: float = 1.0, alpha: float = 1.0,
+                     replacement: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """
+    What PAD samples from, before the draw: (effective indices (|E|,) long ascending, weights (|E|,) fp64 or None
+    for "all", number of draws k). `pad_select` draws from it; nanorevisual/pad_explorer.py computes the expected
+    picks of every sample from it. Arguments as `pad_select`; they are validated there.
+    """
+    # compare in the advantages' own dtype, as the released code does (a threshold is rounded to that dtype, so
+    # an fp32 advantage that prints as the threshold is excluded); selection math on CPU, it is (N,)-sized
+    abs_adv = advantages.detach().abs().cpu()  # (N,)
+    effective = (abs_adv > t_low) & (abs_adv < t_high)  # (N,) bool; ReVisual-R1 §4.1.1: T_low < |A| < T_high
+    effective_idx = effective.nonzero().squeeze(1)  # (|E|,) long, ascending
+    if weighting == "all":
+        return effective_idx, None, effective_idx.numel()
+
+    num_select = math.ceil(ratio * advantages.numel() - 1e-9)  # ReVisual-R1 Alg. 1: k = ceil(ρ·N); guard 0.3*10
+    if not replacement:
+        num_select = min(num_select, effective_idx.numel())  # k' = min(k, |E|)
+    scores = abs_adv[effective_idx].double()  # (|E|,) fp64: softmax weights underflow only below e^-745
+    if scores.numel() == 0:
+        return effective_idx, scores, 0
+    if weighting == "softmax":
+        # ReVisual-R1 §4.1.1: P(i) = exp(|A_i|/τ) / Σ_j∈E exp(|A_j|/τ); subtract the max for stability
+        weights = torch.exp((scores - scores.max()) / tau)  # (|E|,) max entry is exactly 1
+    elif weighting == "power":
+        weights = (scores + 1e-8) ** alpha  # (|E|,) released code: p_i ∝ (|A_i| + 1e-8)^α
+    else:
+        weights = torch.ones_like(scores)  # (|E|,) uniform
+    if not replacement:  # fp64 underflow (|A| spread > ~700 τ) would leave too few nonzero weights
+        num_select = min(num_select, int((weights > 0).sum()))
+    return effective_idx, weights, num_select
+
+
 def pad_select(advantages: torch.Tensor, *, t_low: float, t_high: float, ratio: float, weighting: str,
                tau: float = 1.0, alpha: float = 1.0, replacement: bool = False,
                generator: torch.Generator | None = None) -> torch.Tensor:
@@ -114,30 +148,13 @@ def pad_select(advantages: torch.Tensor, *, t_low: float, t_high: float, ratio: 
         raise ValueError(f"PAD needs t_low < t_high, got {t_low} and {t_high}")
     if advantages.dim() != 1:
         raise ValueError(f"advantages must be (N,), got {tuple(advantages.shape)}")
-    # compare in the advantages' own dtype, as the released code does (a threshold is rounded to that dtype, so
-    # an fp32 advantage that prints as the threshold is excluded); selection math on CPU, it is (N,)-sized
-    abs_adv = advantages.detach().abs().cpu()  # (N,)
-    effective = (abs_adv > t_low) & (abs_adv < t_high)  # (N,) bool; ReVisual-R1 §4.1.1: T_low < |A| < T_high
-    effective_idx = effective.nonzero().squeeze(1)  # (|E|,) long, ascending
-    if weighting == "all":
+    effective_idx, weights, num_select = pad_distribution(advantages, t_low=t_low, t_high=t_high, ratio=ratio,
+                                                          weighting=weighting, tau=tau, alpha=alpha,
+                                                          replacement=replacement)
+    if weights is None:  # "all": the effective set itself
         return effective_idx.to(advantages.device)  # (|E|,)
-
-    num_select = math.ceil(ratio * advantages.numel() - 1e-9)  # ReVisual-R1 Alg. 1: k = ceil(ρ·N); guard 0.3*10
-    if not replacement:
-        num_select = min(num_select, effective_idx.numel())  # k' = min(k, |E|)
-    if effective_idx.numel() == 0 or num_select == 0:
+    if num_select == 0:
         return torch.empty(0, dtype=torch.long, device=advantages.device)  # (0,)
-
-    scores = abs_adv[effective_idx].double()  # (|E|,) fp64: softmax weights underflow only below e^-745
-    if weighting == "softmax":
-        # ReVisual-R1 §4.1.1: P(i) = exp(|A_i|/τ) / Σ_j∈E exp(|A_j|/τ); subtract the max for stability
-        weights = torch.exp((scores - scores.max()) / tau)  # (|E|,) max entry is exactly 1
-    elif weighting == "power":
-        weights = (scores + 1e-8) ** alpha  # (|E|,) released code: p_i ∝ (|A_i| + 1e-8)^α
-    else:
-        weights = torch.ones_like(scores)  # (|E|,) uniform
-    if not replacement:  # fp64 underflow (|A| spread > ~700 τ) would leave too few nonzero weights
-        num_select = min(num_select, int((weights > 0).sum()))
     picks = torch.multinomial(weights, num_select, replacement=replacement, generator=generator)  # (k,) into E
     return effective_idx[picks].to(advantages.device)  # (k,) into the original advantages
 

@@ -5,12 +5,17 @@
 
 `plot_run` draws reward, zero-advantage fraction, PAD selection and held-out accuracy over steps; `plot_variants`
 draws one line per variant with the seed spread shaded; `plot_adv_hist` draws |advantage| before and after PAD
-selection from one rollout dump (OUT_DIR/rollouts/step_XXXXXX.jsonl).
+selection from one rollout dump (OUT_DIR/rollouts/step_XXXXXX.jsonl). For nanorevisual/pad_study.py:
+`plot_eval_curves` (held-out accuracy against step, training seconds and trained tokens, mean and 95% interval over
+seeds), `plot_series` (a per-step metric, mean over seeds) and `plot_heatmap` (a t_low x t_high map).
 """
 
 import argparse
 import json
+import math
 import os
+
+from nanorevisual.common import read_jsonl_records
 
 
 def pyplot():
@@ -25,8 +30,7 @@ def pyplot():
 
 def load_metrics(run_dir):
     """(training records, eval records) of OUT_DIR/metrics.jsonl."""
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        records = [json.loads(line) for line in f]
+    records = read_jsonl_records(os.path.join(run_dir, "metrics.jsonl"))
     return [r for r in records if "reward/total" in r], [r for r in records if any(k.startswith("eval/") for k in r)]
 
 
@@ -105,6 +109,106 @@ def plot_adv_hist(dump_path, out_png, title=None):
     ax.set_xlabel("|advantage|")
     ax.legend(fontsize=8)
     ax.set_title(title or os.path.basename(dump_path))
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=80)
+    plt.close(fig)
+    return out_png
+
+
+def interp(xs, ys, x):
+    """Piecewise-linear y(x) for a nondecreasing xs (the first point where xs is flat)."""
+    for j in range(len(xs)):
+        if xs[j] >= x:
+            if j == 0 or xs[j] == xs[j - 1]:
+                return ys[j]
+            return ys[j - 1] + (x - xs[j - 1]) / (xs[j] - xs[j - 1]) * (ys[j] - ys[j - 1])
+    return ys[-1]
+
+
+def mean_band(columns):
+    """Per grid point: (mean, low, high) of the 95% t-interval over seeds (low = high = mean for one seed)."""
+    from nanorevisual.pad_study import t_quantile
+    out = []
+    for col in columns:
+        n, mean = len(col), sum(col) / len(col)
+        half = 0.0
+        if n > 1:
+            sd = math.sqrt(sum((v - mean) ** 2 for v in col) / (n - 1))
+            half = t_quantile(0.975, n - 1) * sd / math.sqrt(n)
+        out.append((mean, mean - half, mean + half))
+    return out
+
+
+def plot_eval_curves(variants, out_png, title, key="acc"):
+    """variants: {name: [run summaries with "curve": [{"step", "train_s", "tokens", key}]]} -> three panels, the
+    curve against step, training seconds and trained tokens: mean over seeds, 95% interval shaded. Seeds are read
+    on a common grid up to the shortest seed of the variant (linear between evals)."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.2))
+    for ax, x_key, label in zip(axes, ("step", "train_s", "tokens"),
+                                ("step", "training seconds (evals excluded)", "trained tokens")):
+        for name, runs in variants.items():
+            curves = [([p[x_key] for p in r["curve"]], [p[key] for p in r["curve"]]) for r in runs]
+            end = min(xs[-1] for xs, _ in curves)
+            grid = curves[0][0] if x_key == "step" else [end * i / 60 for i in range(61)]
+            grid = [x for x in grid if x <= end]
+            band = mean_band([[interp(xs, ys, x) for xs, ys in curves] for x in grid])
+            line, = ax.plot(grid, [b[0] for b in band], label=f"{name} ({len(runs)} seeds)")
+            ax.fill_between(grid, [b[1] for b in band], [b[2] for b in band], color=line.get_color(), alpha=0.12)
+        ax.set_xlabel(label)
+        ax.set_ylabel("held-out accuracy")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=80)
+    plt.close(fig)
+    return out_png
+
+
+def plot_series(series, out_png, title, window=10, hline=None):
+    """series: {name: [per-step values of each seed]} -> mean over seeds, `window`-step running mean."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, per_seed in series.items():
+        n = min(len(v) for v in per_seed)
+        mean = [sum(v[i] for v in per_seed) / len(per_seed) for i in range(n)]
+        ax.plot(range(1, n + 1), smooth(mean, window), label=f"{name} ({len(per_seed)} seeds)")
+    if hline is not None:
+        ax.axhline(hline, color="k", ls=":", lw=1)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=80)
+    plt.close(fig)
+    return out_png
+
+
+def plot_heatmap(cells, rows, cols, out_png, title):
+    """cells: [{"t_low", "t_high", "summary": {"final_acc": {"mean", "ci95"}, "seconds_per_step": {"mean"}}}] ->
+    a rows (t_low) x cols (t_high) map coloured by mean accuracy (0..1), numbers in every cell."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(max(6.0, 2.2 * len(cols) + 2), 1.3 * len(rows) + 1.5))
+    acc = [[None] * len(cols) for _ in rows]
+    for c in cells:
+        acc[rows.index(c["t_low"])][cols.index(c["t_high"])] = c
+    image = ax.imshow([[c["summary"]["final_acc"]["mean"] for c in r] for r in acc], cmap="viridis", vmin=0, vmax=1)
+    for i, r in enumerate(acc):
+        for j, c in enumerate(r):
+            s = c["summary"]
+            ci = s["final_acc"]["ci95"]
+            text = f"{s['final_acc']['mean']:.3f}\n" + (f"[{ci[0]:.2f}, {ci[1]:.2f}]\n" if ci else "")
+            text += f"{s['seconds_per_step']['mean']:.2f} s/step"
+            ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                    color="black" if s["final_acc"]["mean"] > 0.6 else "white")
+    ax.set_xticks(range(len(cols)), [f"{c:g}" for c in cols])
+    ax.set_yticks(range(len(rows)), [f"{r:g}" for r in rows])
+    ax.set_xlabel("t_high")
+    ax.set_ylabel("t_low")
+    fig.colorbar(image, ax=ax, label="held-out accuracy (mean over seeds)")
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(out_png, dpi=80)
     plt.close(fig)

@@ -8,6 +8,11 @@ Files (all in the project's own formats, see nanorevisual/data.py):
     text_train.jsonl / text_val.jsonl text RL/eval: "What is 3+4?"
     images/                           the PNGs, referenced by relative path
 
+Two image tasks share the images (`--task`): "colour" (the default, 6 answers, chance 1/6) and "colour-shape", a
+harder variant for studies where the colour task saturates: "<image>What colour and shape is it?" answered
+"red circle", 6 colours x 3 shapes = 18 answers (chance 1/18), so the reward needs the shape's outline as well as its
+colour. Its cold start teaches the answer format the same way (text rows that name both, plus prior rows).
+
 Designed together:
 - Arithmetic "What is a+b?" (a, b in 0..9). 20 of the 100 pairs are held out of SFT; they are text_val, so the
   text RL stage is measured on pairs the cold start never saw.
@@ -41,6 +46,8 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 220),
            "yellow": (230, 210, 40), "purple": (140, 50, 170), "orange": (245, 140, 30)}
 SHAPES = ["square", "circle", "triangle"]
 COLOUR_QUESTION = "What colour is the shape?"
+SHAPE_QUESTION = "What colour and shape is it?"
+TASKS = ("colour", "colour-shape")
 COLOUR_TEMPLATES = ["There is a {c} {s}. ", "The image shows a {c} {s}. ", "A {c} {s} is drawn. ", "I see a {c} {s}. "]
 IMAGE_SIZE = 56  # 56x56 -> grid [1,4,4] -> 4 visual tokens after the 2x2 merge
 TINY_MODEL_DIR = os.path.join("runs", "tiny-model")
@@ -59,6 +66,22 @@ def arithmetic_response(a, b):
 
 def colour_response(colour):
     return f"<think>The shape is {colour}.</think> \\boxed{{{colour}}}"
+
+
+def task_question(task):
+    return COLOUR_QUESTION if task == "colour" else SHAPE_QUESTION
+
+
+def task_answer(task, colour, shape):
+    return colour if task == "colour" else f"{colour} {shape}"
+
+
+def task_response(task, colour, shape):
+    if task == "colour":
+        return colour_response(colour)
+    # "The shape is a ..." reuses the tokens of the colour answers; "It is a ..." left the cold start answering
+    # image prompts with "<think>2}" (94% of samples, measured), too few well-formed answers for GRPO to start from
+    return f"<think>The shape is a {colour} {shape}.</think> \\boxed{{{colour} {shape}}}"
 
 
 def draw_shape(rng):
@@ -82,30 +105,35 @@ def draw_shape(rng):
     return img, colour, shape
 
 
-def sft_rows(rng, pairs, num_rows, prior_fraction=0.3):
-    """Half arithmetic, half colour text; prior_fraction of the colour rows are bare question -> random colour."""
+def sft_rows(rng, pairs, num_rows, prior_fraction=0.3, task="colour"):
+    """Half arithmetic, half the task's question in text (the sentence names the shape); prior_fraction of those are
+    the bare question with a uniformly random answer (without them the model answers image prompts with digits)."""
     rows = []
     for i in range(num_rows):
         if i % 2 == 0:
             a, b = rng.choice(pairs)
             rows.append({"problem": f"What is {a}+{b}?", "response": arithmetic_response(a, b)})
         elif rng.random() < prior_fraction:
-            rows.append({"problem": COLOUR_QUESTION, "response": colour_response(rng.choice(list(COLOURS)))})
+            if task == "colour":
+                rows.append({"problem": COLOUR_QUESTION, "response": colour_response(rng.choice(list(COLOURS)))})
+            else:
+                c, s = rng.choice(list(COLOURS)), rng.choice(SHAPES)
+                rows.append({"problem": SHAPE_QUESTION, "response": task_response(task, c, s)})
         else:
             c, s = rng.choice(list(COLOURS)), rng.choice(SHAPES)
             lead = rng.choice(COLOUR_TEMPLATES).format(c=c, s=s)
-            rows.append({"problem": lead + COLOUR_QUESTION, "response": colour_response(c)})
+            rows.append({"problem": lead + task_question(task), "response": task_response(task, c, s)})
     return rows
 
 
-def image_rows(rng, split, num_rows, image_dir):
+def image_rows(rng, split, num_rows, image_dir, task="colour"):
     rows = []
     for i in range(num_rows):
         img, colour, shape = draw_shape(rng)
         rel = f"images/{split}-{i:04d}.png"
         img.save(os.path.join(image_dir, os.path.basename(rel)))
-        rows.append({"id": f"{split}-{i:04d}", "problem": "<image>" + COLOUR_QUESTION, "answer": colour,
-                     "images": [rel], "shape": shape})
+        rows.append({"id": f"{split}-{i:04d}", "problem": "<image>" + task_question(task),
+                     "answer": task_answer(task, colour, shape), "images": [rel], "shape": shape})
     return rows
 
 
@@ -115,19 +143,24 @@ def write_jsonl(path, rows):
             f.write(json.dumps(row) + "\n")
 
 
-def make_toy_data(out_dir, seed=0, num_sft=4000, num_mm_train=2000, num_mm_val=200):
-    """Write every toy file into out_dir (idempotent: same seed, same bytes)."""
+def make_toy_data(out_dir, seed=0, num_sft=4000, num_mm_train=2000, num_mm_val=200, task="colour"):
+    """Write every toy file into out_dir (idempotent: same seed, same bytes). Every file has its own random stream,
+    so a larger num_mm_val keeps the smaller set as its first rows, and both tasks share the same images."""
+    if task not in TASKS:
+        raise ValueError(f"unknown toy task {task!r}, expected one of {TASKS}")
     os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
     train_pairs, heldout_pairs = arithmetic_pairs()
     rng = random.Random(seed)
-    write_jsonl(os.path.join(out_dir, "sft_train.jsonl"), sft_rows(rng, train_pairs, num_sft))
+    write_jsonl(os.path.join(out_dir, "sft_train.jsonl"), sft_rows(rng, train_pairs, num_sft, task=task))
     # held-out SFT loss: arithmetic on the 20 unseen pairs plus fresh colour rows
     val = [{"problem": f"What is {a}+{b}?", "response": arithmetic_response(a, b)} for a, b in heldout_pairs]
-    val += sft_rows(random.Random(seed + 1), train_pairs, 40)[1::2]
+    val += sft_rows(random.Random(seed + 1), train_pairs, 40, task=task)[1::2]
     write_jsonl(os.path.join(out_dir, "sft_val.jsonl"), val)
     image_dir = os.path.join(out_dir, "images")
-    write_jsonl(os.path.join(out_dir, "mm_train.jsonl"), image_rows(random.Random(seed + 2), "mm_train", num_mm_train, image_dir))
-    write_jsonl(os.path.join(out_dir, "mm_val.jsonl"), image_rows(random.Random(seed + 3), "mm_val", num_mm_val, image_dir))
+    write_jsonl(os.path.join(out_dir, "mm_train.jsonl"),
+                image_rows(random.Random(seed + 2), "mm_train", num_mm_train, image_dir, task))
+    write_jsonl(os.path.join(out_dir, "mm_val.jsonl"),
+                image_rows(random.Random(seed + 3), "mm_val", num_mm_val, image_dir, task))
     all_pairs = train_pairs + heldout_pairs
     write_jsonl(os.path.join(out_dir, "text_train.jsonl"),
                 [{"id": f"text_train-{a}+{b}", "problem": f"What is {a}+{b}?", "answer": str(a + b)} for a, b in all_pairs])
@@ -137,12 +170,12 @@ def make_toy_data(out_dir, seed=0, num_sft=4000, num_mm_train=2000, num_mm_val=2
         f.write(str(seed))
 
 
-def ensure_toy_data(out_dir="data/toy"):
-    """Build the toy set on first use. Several processes (torchrun ranks) may race here: each builds into its own
-    temp folder and renames it into place; the first rename wins and the others discard theirs."""
+def ensure_toy_data(out_dir="data/toy", **kwargs):
+    """Build the toy set on first use (kwargs: make_toy_data's). Several processes (torchrun ranks) may race here:
+    each builds into its own temp folder and renames it into place; the first rename wins, the others discard theirs."""
     if not os.path.exists(os.path.join(out_dir, "DONE")):
         tmp = f"{out_dir.rstrip('/')}.tmp-{os.getpid()}"
-        make_toy_data(tmp)
+        make_toy_data(tmp, **kwargs)
         try:
             os.rename(tmp, out_dir)
         except OSError:  # another process got there first
@@ -179,6 +212,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Write the toy SFT / RL / eval files.")
     parser.add_argument("--out", default="data/toy", help="output folder")
     parser.add_argument("--seed", type=int, default=0, help="data seed")
+    parser.add_argument("--task", choices=TASKS, default="colour", help="image task: the colour, or colour and shape")
+    parser.add_argument("--mm-val-size", type=int, default=200, help="held-out images")
     args = parser.parse_args()
-    make_toy_data(args.out, seed=args.seed)
+    make_toy_data(args.out, seed=args.seed, task=args.task, num_mm_val=args.mm_val_size)
     print(f"wrote toy data to {args.out}")

@@ -55,6 +55,13 @@ def test_mrl_smoke_changes_every_weight(tmp_path, tiny_dir, toy_dir):
         assert key in train[0], key
     evals = [r for r in recs if "eval/mm_val/accuracy" in r]
     assert [r["step"] for r in evals] == [0, 1, 2]
+    # budget counters: running sums of the per-step numbers; each eval carries those of the steps before it
+    assert [r["train/tokens_cum"] for r in train] == [train[0]["train/tokens"], train[0]["train/tokens"] + train[1]["train/tokens"]]
+    assert train[1]["time/train_s_cum"] == train[0]["time/step"] + train[1]["time/step"]
+    assert train[0]["train/tokens"] > 0 and evals[0]["train/tokens_cum"] == 0 and evals[0]["time/train_s_cum"] == 0
+    for ev, tr in zip(evals[1:], train):
+        assert ev["train/tokens_cum"] == tr["train/tokens_cum"] and ev["time/train_s_cum"] == tr["time/train_s_cum"]
+    assert evals[0]["time/eval_s_cum"] == 0 < evals[1]["time/eval_s_cum"] < evals[2]["time/eval_s_cum"]
     dump = [json.loads(line) for line in open(os.path.join(out, "rollouts", "step_000000.jsonl"))]
     assert len(dump) == 8 and {"prompt_id", "completion", "reward", "advantage", "selected"} <= set(dump[0])
 
@@ -95,5 +102,7 @@ def test_pad_code_preset_and_resume(tmp_path, tiny_dir, toy_dir):
     assert [r["step"] for r in recs2] == [1, 2]
     assert recs2[1]["reward/total"] == recs[1]["reward/total"]
     assert abs(recs2[1]["train/grad_norm"] - recs[1]["train/grad_norm"]) < 1e-6
+    assert recs2[1]["train/tokens_cum"] == recs[1]["train/tokens_cum"]  # counters come back with the resume state
+    assert recs2[1]["time/train_s_cum"] == recs2[0]["time/train_s_cum"] + recs2[1]["time/step"]
     first = load_file(os.path.join(out, "final", "model.safetensors"))
     assert all(torch.isfinite(v).all() for v in first.values())
