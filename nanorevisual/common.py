@@ -1,6 +1,7 @@
 """Small shared helpers: user errors in one line, seeding, dtype choice, learning-rate schedule, metrics JSONL, timers."""
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -170,3 +171,23 @@ def run_script(script, *args, log=None, threads=None):
     if done.returncode != 0:
         raise RuntimeError(f"failed ({done.returncode}): {' '.join(cmd)}" + (f"; log: {log}" if log else ""))
     return time.perf_counter() - t0
+
+
+@functools.lru_cache(maxsize=None)
+def t_quantile(p, df):
+    """Quantile of Student's t with df degrees of freedom (p in (0.5, 1)): bisection on the CDF, the CDF by
+    Simpson's rule on the density (no scipy)."""
+    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(x, intervals=2000):
+        h = x / intervals
+        f = [math.exp(log_norm - (df + 1) / 2 * math.log1p((i * h) ** 2 / df)) for i in range(intervals + 1)]
+        return 0.5 + h / 3 * (f[0] + f[-1] + 4 * sum(f[1:-1:2]) + 2 * sum(f[2:-1:2]))
+
+    low, high = 0.0, 1.0
+    while cdf(high) < p:
+        high *= 2
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if cdf(mid) < p else (low, mid)
+    return (low + high) / 2

@@ -37,7 +37,6 @@ kept, a half-finished run folder is deleted and run again.
 """
 
 import argparse
-import functools
 import json
 import math
 import os
@@ -49,7 +48,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from nanorevisual.common import UserError, one_line_errors, run_script
+from nanorevisual.common import UserError, one_line_errors, run_script, t_quantile
 from nanorevisual.plots import load_metrics, plot_adv_hist, plot_eval_curves, plot_heatmap, plot_series
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,26 +60,6 @@ MODE_DEFAULTS = {  # steps (mrl), seeds
 
 # -----------------------------------------------------------------------------
 # Statistics
-
-
-@functools.lru_cache(maxsize=None)
-def t_quantile(p, df):
-    """Quantile of Student's t with df degrees of freedom (p in (0.5, 1)): bisection on the CDF, the CDF by
-    Simpson's rule on the density (no scipy)."""
-    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-
-    def cdf(x, intervals=2000):
-        h = x / intervals
-        f = [math.exp(log_norm - (df + 1) / 2 * math.log1p((i * h) ** 2 / df)) for i in range(intervals + 1)]
-        return 0.5 + h / 3 * (f[0] + f[-1] + 4 * sum(f[1:-1:2]) + 2 * sum(f[2:-1:2]))
-
-    low, high = 0.0, 1.0
-    while cdf(high) < p:
-        high *= 2
-    for _ in range(60):
-        mid = (low + high) / 2
-        low, high = (mid, high) if cdf(mid) < p else (low, mid)
-    return (low + high) / 2
 
 
 def mean_ci(values, level=0.95):

@@ -15,7 +15,7 @@ import json
 import math
 import os
 
-from nanorevisual.common import read_jsonl_records
+from nanorevisual.common import read_jsonl_records, t_quantile
 
 
 def pyplot():
@@ -127,7 +127,6 @@ def interp(xs, ys, x):
 
 def mean_band(columns):
     """Per grid point: (mean, low, high) of the 95% t-interval over seeds (low = high = mean for one seed)."""
-    from nanorevisual.pad_study import t_quantile
     out = []
     for col in columns:
         n, mean = len(col), sum(col) / len(col)
