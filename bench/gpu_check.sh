@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-command GPU check: the whole recipe on one CUDA GPU under torchrun (nccl, FSDP2 with bf16 mixed precision) on a
 # random Qwen2.5-VL with the 7B vocabulary (152,064) and a realistic shape (text hidden 1024, 8 layers, vision width
-# 1280 with 4 blocks), then generated tokens/s, the step-time split, peak GPU memory and static vs dynamic KV cache.
+# 1280 with 4 blocks), then generated tokens/s, the step-time split, peak GPU memory, static vs dynamic KV cache and
+# the log-prob memory of the plain and chunked LM head at the 7B head shape (bench/bench_logps_memory.py).
 #
 #   bash bench/gpu_check.sh                 # needs a CUDA GPU; about 5-8 minutes
 #   DEVICE=cpu bash bench/gpu_check.sh      # the same entry points on CPU (gloo, fp32) at a tiny shape: a path check
@@ -38,4 +39,7 @@ $RUN eval.py --model "$OUT/trl/final" --data $D/mm_val.jsonl $D/text_val.jsonl -
     --max-new-tokens 64 $PIX
 python bench/bench_generate_cache.py --model "$OUT/trl/final" --device "$DEVICE" --dtype $DTYPE --repeats 3 \
     | tee "$OUT/generate_cache.txt"
+if [ "$DEVICE" = cuda ]; then  # log-prob memory at the 7B head (152,064 x 3,584, bf16): seconds on a GPU
+  python bench/bench_logps_memory.py --device cuda --shapes small,7b | tee "$OUT/logps_memory.txt"
+fi
 python bench/gpu_report.py "$OUT"

@@ -28,6 +28,9 @@ def main(out):
     cache = os.path.join(out, "generate_cache.txt")
     if os.path.exists(cache):
         print("generate, KV cache:\n" + open(cache).read())
+    memory = os.path.join(out, "logps_memory.txt")
+    if os.path.exists(memory):
+        print("log-prob memory, plain vs chunked LM head:\n" + open(memory).read())
 
 
 if __name__ == "__main__":

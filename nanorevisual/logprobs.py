@@ -25,7 +25,12 @@ import types
 
 import torch
 
-CHUNK_ROWS = 512  # rows per chunk: 512 x 152,064 fp32 logits = 311 MB at the 7B vocabulary (a few live at once)
+CHUNK_BYTES = 128 * 2 ** 20  # fp32 logits per chunk: 220 rows at the 7B vocabulary (152,064), all rows for a tiny one
+
+
+def chunk_rows_for(vocab_size):
+    """Rows per chunk so that one chunk's fp32 logits take about CHUNK_BYTES (a few such buffers live at once)."""
+    return max(1, CHUNK_BYTES // (4 * vocab_size))
 
 
 class ChunkedHeadLogps(torch.autograd.Function):
@@ -66,10 +71,11 @@ class ChunkedHeadLogps(torch.autograd.Function):
             grad_logits.div_(ctx.temperature)  # (C, V) d loss / d raw logits
             if suppress is not None:
                 grad_logits.index_fill_(1, suppress, 0.0)  # (C, V) masked logits are constants: no gradient
+            grad_logits = grad_logits.to(weight.dtype)  # (C, V) one low-precision copy for both products
             if grad_hidden is not None:
                 grad_hidden[rows] = (grad_logits.to(w.dtype) @ w).to(hidden.dtype)  # (C, H)
             if grad_weight is not None:
-                grad_weight.addmm_(grad_logits.t().to(weight.dtype), hidden[rows].to(weight.dtype))  # (V, H)
+                grad_weight.addmm_(grad_logits.t(), hidden[rows].to(weight.dtype))  # (V, H)
         return grad_hidden, grad_weight, None, None, None, None
 
 
@@ -83,9 +89,11 @@ def _scaled_logits(hidden_rows, w, temperature, suppress):
     return logits
 
 
-def head_logps(hidden, weight, targets, *, temperature=1.0, suppress_ids=None, chunk_rows=CHUNK_ROWS):
-    """(B, T, H) hidden states, (V, H) LM-head weight, (B, T) targets -> (B, T) fp32 log-probs, chunked."""
+def head_logps(hidden, weight, targets, *, temperature=1.0, suppress_ids=None, chunk_rows=None):
+    """(B, T, H) hidden states, (V, H) LM-head weight, (B, T) targets -> (B, T) fp32 log-probs, chunked
+    (chunk_rows None: chunk_rows_for the vocabulary)."""
     B, T, H = hidden.shape
+    chunk_rows = chunk_rows or chunk_rows_for(weight.shape[0])
     suppress = None
     if suppress_ids is not None and len(suppress_ids) > 0:
         suppress = torch.as_tensor(suppress_ids, dtype=torch.long, device=hidden.device)  # (S,)
@@ -104,7 +112,7 @@ def _hidden_then_head(model, inputs, targets, temperature, suppress_ids, chunk_r
                       chunk_rows=chunk_rows)
 
 
-def sequence_logps(model, inputs, targets, *, temperature=1.0, suppress_ids=None, chunk_rows=CHUNK_ROWS):
+def sequence_logps(model, inputs, targets, *, temperature=1.0, suppress_ids=None, chunk_rows=None):
     """Log-probs (B, T) fp32 of `targets`, the last T tokens of inputs["input_ids"] (B, L), under the model.
     inputs: input_ids, attention_mask, mm_token_type_ids (M-RoPE, pitfall 5), pixel_values, image_grid_thw."""
     if not hasattr(model, "nr_hidden_then_head"):  # once per model; a no-op for an unsharded model
@@ -115,7 +123,7 @@ def sequence_logps(model, inputs, targets, *, temperature=1.0, suppress_ids=None
                                      chunk_rows)
 
 
-def completion_logps(model, batch, *, temperature=1.0, suppress_ids=None, chunk_rows=CHUNK_ROWS):
+def completion_logps(model, batch, *, temperature=1.0, suppress_ids=None, chunk_rows=None):
     """Log-probs (B, T) fp32 of batch["completion_ids"] (rollout.collate_rollouts) under the model."""
     device = next(model.parameters()).device
     inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "mm_token_type_ids", "position_ids",

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nanorevisual.logprobs import ChunkedHeadLogps, completion_logps, head_logps
+from nanorevisual.logprobs import ChunkedHeadLogps, chunk_rows_for, completion_logps, head_logps
 
 INF = float("inf")
 
@@ -23,11 +23,11 @@ def plain_logps(hidden, weight, targets, temperature, suppress_ids):
     return F.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)  # (B, T)
 
 
-@pytest.mark.parametrize("chunk_rows", [1, 5, 7, 26, 4096])
+@pytest.mark.parametrize("chunk_rows", [1, 5, 7, 26, 4096, None])  # None: sized by the vocabulary
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_values_and_gradients_match_the_plain_computation(chunk_rows, temperature):
     B, T, H, V, suppress = 2, 13, 16, 50, [3, 7]
-    g = torch.Generator().manual_seed(chunk_rows)
+    g = torch.Generator().manual_seed(chunk_rows or 0)
     hidden = torch.randn(B, T, H, generator=g, dtype=torch.float64).float()  # (B, T, H)
     weight = torch.randn(V, H, generator=g)  # (V, H)
     targets = torch.randint(0, V, (B, T), generator=g)  # (B, T)
@@ -44,6 +44,11 @@ def test_values_and_gradients_match_the_plain_computation(chunk_rows, temperatur
     torch.testing.assert_close(h1.grad, h2.grad, rtol=0, atol=1e-5)
     torch.testing.assert_close(w1.grad, w2.grad, rtol=0, atol=1e-5)
     assert torch.all(w1.grad[suppress] == 0)  # suppressed rows never get a gradient
+
+
+def test_chunks_are_sized_by_the_vocabulary():
+    assert chunk_rows_for(152064) == 220  # 128 MiB of fp32 logits per chunk at the 7B vocabulary
+    assert chunk_rows_for(1000) == 33554  # a tiny vocabulary: every row of a batch in one chunk
 
 
 def test_gradcheck_in_double():
