@@ -83,6 +83,7 @@ def test_code_points_only_inside_the_repository():
     """No machine paths, and every *.md a comment or docstring names is a file of the repository."""
     files = [os.path.join(d, f) for d, _, fs in os.walk(ROOT) for f in fs
              if f.endswith((".py", ".sh")) and ".git" not in d and "runs" not in d.split(os.sep)]
+    files += [os.path.join(ROOT, "requirements.txt"), os.path.join(ROOT, ".ci", "run")]
     for path in files:
         source = open(path).read()
         assert not re.search(r"/(work|home|Users|root)/\w", source), f"{path}: an absolute machine path"
