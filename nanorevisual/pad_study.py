@@ -49,7 +49,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from nanorevisual.common import UserError, one_line_errors, run_script, t_quantile
-from nanorevisual.plots import load_metrics, plot_adv_hist, plot_eval_curves, plot_heatmap, plot_series
+from nanorevisual.plots import load_metrics, plot_adv_hist, plot_eval_curves, plot_heatmap, plot_series, plot_stage_order
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ABLATION = ["none", "paper", "code", "code:pad-t-high=inf", "filter", "random"]
@@ -335,7 +335,9 @@ def stage_order_study(args, ctx):
                          "run_dir": None if key is None else d[key]})
         rows[label] = {"runs": runs, "summary": {k: mean_ci([r[k] for r in runs]) for k in ("mm_acc", "text_acc", "avg")}}
     results = {"study": "stage-order", "config": ctx["config"], "definitions": DEFINITIONS, "chains": rows}
-    write_outputs(args, results, stage_report(args, ctx, rows), [])
+    plot = plot_stage_order(rows, os.path.join(args.out_dir, "stage_order.png"),
+                            f"Stage order ({args.task} task, {len(args.seeds)} seeds): mean, 95% interval, seeds as dots")
+    write_outputs(args, results, stage_report(args, ctx, rows), [plot])
 
 
 # -----------------------------------------------------------------------------

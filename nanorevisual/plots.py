@@ -7,7 +7,8 @@
 draws one line per variant with the seed spread shaded; `plot_adv_hist` draws |advantage| before and after PAD
 selection from one rollout dump (OUT_DIR/rollouts/step_XXXXXX.jsonl). For nanorevisual/pad_study.py:
 `plot_eval_curves` (held-out accuracy against step, training seconds and trained tokens, mean and 95% interval over
-seeds), `plot_series` (a per-step metric, mean over seeds) and `plot_heatmap` (a t_low x t_high map).
+seeds), `plot_series` (a per-step metric, mean over seeds), `plot_heatmap` (a t_low x t_high map) and `plot_stage_order`
+(accuracy per stage chain, one dot per seed).
 """
 
 import argparse
@@ -207,6 +208,33 @@ def plot_heatmap(cells, rows, cols, out_png, title):
     ax.set_xlabel("t_high")
     ax.set_ylabel("t_low")
     fig.colorbar(image, ax=ax, label="held-out accuracy (mean over seeds)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=80)
+    plt.close(fig)
+    return out_png
+
+
+def plot_stage_order(chains, out_png, title):
+    """chains: {label: {"runs": [{"seed", "mm_acc", "text_acc", "avg"}], "summary": {key: {"mean", "ci95"}}}} -> bars
+    of the mean per chain for images, arithmetic and their average, the 95% interval as error bars, seeds as dots."""
+    plt = pyplot()
+    keys = (("mm_acc", "images"), ("text_acc", "arithmetic"), ("avg", "average"))
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    width = 0.8 / len(keys)
+    for j, (key, label) in enumerate(keys):
+        xs = [i + (j - 1) * width for i in range(len(chains))]
+        means = [c["summary"][key]["mean"] for c in chains.values()]
+        errs = [[m - (c["summary"][key]["ci95"] or [m, m])[0] for m, c in zip(means, chains.values())],
+                [(c["summary"][key]["ci95"] or [m, m])[1] - m for m, c in zip(means, chains.values())]]
+        ax.bar(xs, means, width, yerr=errs, capsize=3, label=label, alpha=0.8)
+        for x, c in zip(xs, chains.values()):
+            ax.plot([x] * len(c["runs"]), [r[key] for r in c["runs"]], "k.", ms=4)
+    ax.set_xticks(range(len(chains)), list(chains), fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("held-out accuracy")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(out_png, dpi=80)

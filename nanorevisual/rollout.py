@@ -106,8 +106,10 @@ def prefill_once(model, enc, group_size):
                   position_ids=positions[..., :-1], use_cache=True, **images).past_key_values  # P-1 positions
     cache.batch_repeat_interleave(group_size)  # (p*G, ...) sample k of prompt i at row i*G + k
     model.model.rope_deltas = rope_deltas.repeat_interleave(group_size, 0)  # (p*G, 1)
+    # the positions too: left to itself, generate recomputes them for all p*G rows, a Python loop over the rows
     return {"input_ids": ids.repeat_interleave(group_size, 0), "attention_mask": mask.repeat_interleave(group_size, 0),
-            "mm_token_type_ids": types.repeat_interleave(group_size, 0), "past_key_values": cache}, positions
+            "mm_token_type_ids": types.repeat_interleave(group_size, 0), "past_key_values": cache,
+            "position_ids": positions.repeat_interleave(group_size, 1)}, positions  # (4, p*G, P)
 
 
 def completion_length(ids, stop_ids):
@@ -130,7 +132,7 @@ def sampling_kwargs(temperature, top_p):
                    no_repeat_ngram_size=0, min_new_tokens=0)
     if temperature > 0:
         return dict(neutral, do_sample=True, temperature=temperature, top_p=top_p)
-    return dict(neutral, do_sample=False, temperature=None, top_p=None)
+    return dict(neutral, do_sample=False, temperature=None, top_p=None, top_k=None)  # greedy: no sampling fields
 
 
 def split_pixels(enc):

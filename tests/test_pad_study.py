@@ -249,6 +249,7 @@ def test_stage_order_smoke(tmp_path, tiny_dir):
     assert meta["user_config"]["model"].endswith(os.path.join("seed1", "trl", "final"))
     assert meta["user_config"]["stage"] == "mrl" and meta["user_config"]["seed"] == 1
     assert "| CS + TRL + MRL |" in (out / "report.md").read_text()
+    assert (out / "stage_order.png").stat().st_size > 0 and "(stage_order.png)" in (out / "report.md").read_text()
 
 
 def test_sweep_plan_and_bad_input(tmp_path, tiny_dir):
