@@ -49,7 +49,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from nanorevisual.common import UserError, one_line_errors, run_script, t_quantile
-from nanorevisual.plots import load_metrics, plot_adv_hist, plot_eval_curves, plot_heatmap, plot_series, plot_stage_order
+from nanorevisual.plots import (load_metrics, plot_adv_hist, plot_eval_curves, plot_heatmap, plot_series,
+                                plot_stage_order)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ABLATION = ["none", "paper", "code", "code:pad-t-high=inf", "filter", "random"]

@@ -225,8 +225,8 @@ def plot_stage_order(chains, out_png, title):
     for j, (key, label) in enumerate(keys):
         xs = [i + (j - 1) * width for i in range(len(chains))]
         means = [c["summary"][key]["mean"] for c in chains.values()]
-        errs = [[m - (c["summary"][key]["ci95"] or [m, m])[0] for m, c in zip(means, chains.values())],
-                [(c["summary"][key]["ci95"] or [m, m])[1] - m for m, c in zip(means, chains.values())]]
+        intervals = [c["summary"][key]["ci95"] or (m, m) for m, c in zip(means, chains.values())]  # None: one seed
+        errs = [[m - lo for m, (lo, _) in zip(means, intervals)], [hi - m for m, (_, hi) in zip(means, intervals)]]
         ax.bar(xs, means, width, yerr=errs, capsize=3, label=label, alpha=0.8)
         for x, c in zip(xs, chains.values()):
             ax.plot([x] * len(c["runs"]), [r[key] for r in c["runs"]], "k.", ms=4)

@@ -128,11 +128,11 @@ def sampling_kwargs(temperature, top_p):
     scores exactly this distribution. temperature 0 means greedy decoding."""
     # the fields with an explicit "off" value; the others (min_p, bad_words_ids, ...) are off only because
     # model.set_neutral_generation_config cleared them, which the parity tests check on a Qwen-config checkpoint
-    neutral = dict(top_k=0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0, repetition_penalty=1.0,
-                   no_repeat_ngram_size=0, min_new_tokens=0)
+    neutral = dict(repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0)  # greedy and sampled
     if temperature > 0:
-        return dict(neutral, do_sample=True, temperature=temperature, top_p=top_p)
-    return dict(neutral, do_sample=False, temperature=None, top_p=None, top_k=None)  # greedy: no sampling fields
+        return dict(neutral, do_sample=True, temperature=temperature, top_p=top_p, top_k=0, typical_p=1.0,
+                    epsilon_cutoff=0.0, eta_cutoff=0.0)
+    return dict(neutral, do_sample=False, temperature=None, top_p=None, top_k=None)  # sampling fields unset
 
 
 def split_pixels(enc):
