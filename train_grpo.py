@@ -10,9 +10,8 @@ selection -> update plan -> (old / reference log-probs) -> clipped-surrogate upd
 --optim-batch-seqs selected sequences. Flags left unset take the stage preset (and the toy preset for the tiny
 model); the resolved values are printed and saved in every meta.json. docs/paper_notes.md has the equations.
 
-Stage presets (paper §5.1): mrl: multimodal data, no KL and no reference model, vision tower trainable, no entropy
-bonus. trl: text data, vision tower frozen (out of the optimizer), k3 KL 2e-3 to the stage's starting checkpoint,
-entropy bonus 0.02 after 140 warm-up updates, x0.985 per update (paper Table 5).
+Stage presets (paper §5.1, Table 5): mrl trains the vision tower, with no KL and no entropy bonus; trl freezes it and
+adds a k3 KL of 2e-3 to its starting checkpoint and an entropy bonus of 0.02 after 140 updates, x0.985 per update.
 
 Deviations from the paper / released code (released values in brackets):
 1. PAD defaults to `--pad paper` (softmax over |A|/tau, tau 1.0 -> 0.3), our reading of §4.1.1; `--pad code` is the
@@ -67,24 +66,20 @@ parser.add_argument("--model", "--init", dest="model", default=None, help="check
 parser.add_argument("--data", default=None, help="RL JSONL/JSON/parquet: problem, answer, images")
 parser.add_argument("--val-data", nargs="*", default=None, help="held-out files for the periodic eval")
 parser.add_argument("--out-dir", default=None, help="checkpoints, metrics.jsonl, rollouts/ (default runs/<stage>)")
-parser.add_argument("--instruction", type=int, default=1, help="1: append the paper's think/boxed instruction to "
-                    "every problem (docs/paper_notes.md §6); 0: use the problems as written")
+parser.add_argument("--instruction", type=int, default=1, help="1: append the paper's instruction (0: problems as is)")
 parser.add_argument("--skip-bad-rows", type=int, default=0, help="1: skip malformed rows (counted)")
 parser.add_argument("--min-pixels", type=int, default=None, help="images are resized to at least this many pixels")
 parser.add_argument("--max-pixels", type=int, default=None, help="... and at most this many (real model: 4194304)")
 parser.add_argument("--max-prompt-length", type=int, default=None, help="drop longer prompts, counted (0: keep all)")
 # Rollout
-parser.add_argument("--prompts-per-step", type=int, default=None, help="prompts per rollout step, all ranks together "
-                    "(the paper's 'rollout batch size', 512)")
+parser.add_argument("--prompts-per-step", type=int, default=None, help="prompts per rollout step, all ranks (paper: 512)")
 parser.add_argument("--group-size", type=int, default=None, help="G: samples per prompt")
 parser.add_argument("--temperature", type=float, default=None, help="sampling temperature")
 parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling")
 parser.add_argument("--max-new-tokens", type=int, default=None, help="completion length cap")
 parser.add_argument("--generate-batch-seqs", type=int, default=None, help="sequences per generate call (KV memory)")
-parser.add_argument("--share-prefill", type=int, default=1, help="1: one vision + prompt prefill per prompt, its KV "
-                    "cache copied to the G samples; 0: generate repeats every prompt G times (slower, same samples)")
-parser.add_argument("--gather-for-rollout", type=int, default=1, help="FSDP: 1 = all-gather the weights once per "
-                    "rollout phase (fast, needs a full bf16 copy per GPU); 0 = per-layer gathers every token")
+parser.add_argument("--share-prefill", type=int, default=1, help="1: one prefill per prompt for its G samples")
+parser.add_argument("--gather-for-rollout", type=int, default=1, help="FSDP: 1 = gather the weights once per rollout")
 # GRPO
 parser.add_argument("--lr", type=float, default=None, help="AdamW learning rate (constant)")
 parser.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay")
@@ -93,11 +88,9 @@ parser.add_argument("--clip-low", type=float, default=0.2, help="ε_low of the c
 parser.add_argument("--clip-high", type=float, default=0.25, help="ε_high of the clipped ratio (clip-higher)")
 parser.add_argument("--dual-clip", type=float, default=3.0, help="dual-clip constant c for A < 0")
 parser.add_argument("--ppo-epochs", type=int, default=1, help="passes over the PAD-selected batch")
-parser.add_argument("--optim-batch-seqs", type=int, default=None, help="selected sequences per optimizer step, all "
-                    "ranks together (released: 128 prompts x 8 = 1024); 0 = all selected in one step")
+parser.add_argument("--optim-batch-seqs", type=int, default=None, help="sequences per optimizer step, all ranks (0: all)")
 parser.add_argument("--micro-batch-size", type=int, default=None, help="max sequences per forward/backward per rank")
-parser.add_argument("--micro-batch-tokens", type=int, default=0, help="token budget per micro-batch (sequences sorted "
-                    "by length; padded tokens <= budget); 0 = micro-batches of --micro-batch-size sequences")
+parser.add_argument("--micro-batch-tokens", type=int, default=0, help="padded-token budget per micro-batch (0: off)")
 parser.add_argument("--scale-by-std", type=int, default=1, help="1: A = (r-mean)/std (GRPO), 0: r-mean (Dr. GRPO)")
 parser.add_argument("--entropy-coef", type=float, default=None, help="entropy bonus after warm-up (code: 0.02)")
 parser.add_argument("--entropy-warmup", type=int, default=None, help="updates with entropy coef 0 first")
@@ -177,11 +170,9 @@ if not args.data:
 if args.group_size == 1 and args.scale_by_std:
     raise UserError("--group-size 1: every group-normalised advantage is 0 and nothing would train; use G >= 2")
 args.out_dir = args.out_dir or f"runs/{args.stage}"
-pad_cfg = dict(PAD_PRESETS[args.pad])  # the preset, then each explicit --pad-* flag on top
-for flag, key in (("pad_t_low", "t_low"), ("pad_t_high", "t_high"), ("pad_ratio", "ratio"),
-                  ("pad_weighting", "weighting"), ("pad_alpha", "alpha"), ("pad_replacement", "replacement")):
-    if getattr(args, flag) is not None:
-        pad_cfg[key] = bool(getattr(args, flag)) if key == "replacement" else getattr(args, flag)
+pad_flags = {k: getattr(args, "pad_" + k) for k in ("t_low", "t_high", "ratio", "weighting", "alpha", "replacement")}
+pad_cfg = {**PAD_PRESETS[args.pad], **{k: bool(v) if k == "replacement" else v for k, v in pad_flags.items()
+                                       if v is not None}}  # the preset, then each explicit --pad-* flag on top
 if not pad_cfg["t_low"] < pad_cfg["t_high"] or pad_cfg.get("ratio", 1.0) <= 0:
     raise UserError(f"--pad {args.pad}: need t_low < t_high and ratio > 0, got {pad_cfg}")
 # what generate samples from (rollout.sampling_kwargs): nothing from the checkpoint's generation_config.json

@@ -18,7 +18,7 @@ import os
 import shutil
 import time
 
-from nanorevisual.common import run_script as run
+from nanorevisual.runs import run_script as run
 from nanorevisual.toy import ensure_toy_data
 
 

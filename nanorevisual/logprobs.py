@@ -13,10 +13,8 @@ train_sft.py uses `sequence_logps` with the labels as targets.
 Correctness points (docs/pitfalls.md):
 1. Log-probs are of softmax(logits / temperature) with the suppressed vision tokens at -inf: exactly the
    distribution generate sampled from (pitfalls 4 and 6). Upcast to fp32 first, then divide, as generate does.
-2. Under FSDP2 the LM-head weight (and the embeddings and final norm) belong to the root unit, whose parameters
-   are only gathered inside a forward that FSDP knows about. The hidden-states-then-head computation is therefore
-   registered as an FSDP forward method of the model (`register_fsdp_forward_method`, once per model), so the root
-   unit unshards before it and its gradients are reduce-scattered after backward like any other (pitfall 11).
+2. Under FSDP2 the LM-head weight belongs to the root unit, gathered only inside a forward FSDP knows about, so
+   hidden-states-then-head is registered as an FSDP forward method of the model (pitfall 11).
 
 Shape legend: see nanorevisual/grpo.py (B sequences, T target positions, V vocabulary, H hidden size, C rows of a chunk).
 """
@@ -104,7 +102,8 @@ def head_logps(hidden, weight, targets, *, temperature=1.0, suppress_ids=None, c
 
 def _hidden_then_head(model, inputs, targets, temperature, suppress_ids, chunk_rows):
     """The base model's last hidden states at the T positions that predict `targets`, then the chunked head.
-    Registered as an FSDP forward method (module docstring, point 2), so it is called as a bound method."""
+    Registered as an FSDP forward method (module docstring, point 2): the root unit unshards before it and its
+    gradients are reduce-scattered after backward like any other."""
     T = targets.shape[1]
     hidden = model.model(**inputs, use_cache=False).last_hidden_state  # (B, L, H)
     hidden = hidden[:, hidden.shape[1] - T - 1:-1]  # (B, T, H) position t predicts token t + 1

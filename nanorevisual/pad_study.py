@@ -48,7 +48,8 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from nanorevisual.common import UserError, one_line_errors, run_script, t_quantile
+from nanorevisual.common import UserError, one_line_errors
+from nanorevisual.runs import run_script, t_quantile
 from nanorevisual.plots import (load_metrics, plot_adv_hist, plot_eval_curves, plot_heatmap, plot_series,
                                 plot_stage_order)
 

@@ -16,7 +16,8 @@ import json
 import math
 import os
 
-from nanorevisual.common import read_jsonl_records, t_quantile
+from nanorevisual.common import read_jsonl_records
+from nanorevisual.runs import t_quantile
 
 
 def pyplot():

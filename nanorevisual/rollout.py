@@ -9,9 +9,8 @@ Shape legend: see nanorevisual/grpo.py (B sequences, P padded prompt length, T p
 Correctness points (docs/pitfalls.md):
 1. Vision special tokens are suppressed in `generate` and the same -inf mask is applied in the log-prob path
    (§4); otherwise a sampled <|image_pad|> crashes the training forward.
-2. Generation stops on <|im_end|> or <|endoftext|> (as the released code) and the completion mask runs through
-   the first of them inclusive (the model must learn to stop), built from the
-   generated positions, never from `pad_token_id` (pitfall 8).
+2. Generation stops on <|im_end|> or <|endoftext|> (as released); the completion mask runs through the first of
+   them inclusive (the model must learn to stop), never built from `pad_token_id` (pitfall 8).
 3. The log-prob forward passes `mm_token_type_ids` (prompt types extended with zeros), so M-RoPE positions are
    those `generate` used (§3).
 4. Log-probs are of softmax(logits / temperature), the distribution that was sampled (logprobs.completion_logps).
@@ -29,11 +28,9 @@ def generate_rollouts(model, processor, messages_list, *, group_size, max_new_to
     """Sample `group_size` completions for each prompt. Returns a list of len(messages_list) * group_size dicts,
     the G samples of prompt i at positions [i*G, (i+1)*G):
 
-        prompt_ids (Lp,) long, prompt_mm_types (Lp,) long, prompt_positions (3, Lp) long (M-RoPE),
-        pixel_values (n_patches, D) | None,
-        image_grid_thw (n_images, 3) | None, completion_ids (Tc,) long (through the first stop token),
-        truncated bool (no stop token within max_new_tokens), text str (decoded, special tokens skipped),
-        prompt_index int, num_tokens int (= Tc)
+        prompt_ids, prompt_mm_types (Lp,) long, prompt_positions (3, Lp) long (M-RoPE), pixel_values (n_patches, D)
+        | None, image_grid_thw (n_images, 3) | None, completion_ids (Tc,) long (through the first stop token),
+        truncated bool (no stop token), text str (special tokens skipped), prompt_index int, num_tokens int (= Tc)
 
     micro_batch_size counts sequences per `generate` call (prompts per call = max(1, micro_batch_size // G)).
     Each call is seeded from (seed, prompt_offset + index of its first prompt), so a rank that holds prompts

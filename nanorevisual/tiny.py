@@ -2,14 +2,10 @@
 
     python -m nanorevisual.tiny --out runs/tiny-model      # the toy runs' model (tokenizer trained on the toy text)
 
-The folder holds config.json, generation_config.json, model.safetensors, tokenizer files with the Qwen special
-tokens, a chat template with {% generation %} markers, and the PIL image processor config. The byte-level BPE is
-trained on a corpus the caller gives (nanorevisual/toy.py passes the toy prompts and answers). Every script
-accepts `--model tiny`, which builds the toy folder once (runs/tiny-model/) and loads it like any other checkpoint.
-
-Sizes: the config measured to learn the toy tasks (text hidden 128, 4 layers, 4 heads / 2 KV heads; vision hidden
-64, depth 2), ~1.0M parameters, which learns the toy tasks on 2 CPU cores in minutes. Images are resized into
-[56*56, 112*112] pixels, so a 56x56 toy image is 4 visual tokens.
+The folder is an ordinary checkpoint: config, weights, tokenizer with the Qwen special tokens (a byte-level BPE
+trained on the caller's corpus), a chat template with {% generation %} markers, the PIL image processor config.
+Default shape: text hidden 128, 4 layers, 4 heads / 2 KV heads, vision hidden 64, depth 2 (~1.0M parameters),
+which learns the toy tasks on 2 CPU cores in minutes; images are bounded to [56*56, 112*112] pixels.
 """
 
 import argparse
