@@ -105,6 +105,13 @@ def _hidden_then_head(model, inputs, targets, temperature, suppress_ids, chunk_r
     Registered as an FSDP forward method (module docstring, point 2): the root unit unshards before it and its
     gradients are reduce-scattered after backward like any other."""
     T = targets.shape[1]
+    if "image_index" in inputs:  # each distinct image through the vision tower once, then one copy per occurrence
+        inputs = dict(inputs)
+        index = inputs.pop("image_index").tolist()
+        images = model.model.get_image_features(inputs.pop("pixel_values"), inputs.pop("image_grid_thw"),
+                                                return_dict=True)
+        images.pooler_output = tuple(images.pooler_output[i] for i in index)  # (tokens_i, H) per occurrence
+        inputs["mm_encoder_outputs"] = {"image": images}
     hidden = model.model(**inputs, use_cache=False).last_hidden_state  # (B, L, H)
     hidden = hidden[:, hidden.shape[1] - T - 1:-1]  # (B, T, H) position t predicts token t + 1
     return head_logps(hidden, model.lm_head.weight, targets, temperature=temperature, suppress_ids=suppress_ids,
@@ -113,7 +120,8 @@ def _hidden_then_head(model, inputs, targets, temperature, suppress_ids, chunk_r
 
 def sequence_logps(model, inputs, targets, *, temperature=1.0, suppress_ids=None, chunk_rows=None):
     """Log-probs (B, T) fp32 of `targets`, the last T tokens of inputs["input_ids"] (B, L), under the model.
-    inputs: input_ids, attention_mask, mm_token_type_ids (M-RoPE, pitfall 5), pixel_values, image_grid_thw."""
+    inputs: input_ids, attention_mask, mm_token_type_ids (M-RoPE, pitfall 5), pixel_values, image_grid_thw, and
+    image_index when the images are stored once per prompt (rollout.collate_rollouts)."""
     if not hasattr(model, "nr_hidden_then_head"):  # once per model; a no-op for an unsharded model
         from torch.distributed.fsdp import register_fsdp_forward_method
         model.nr_hidden_then_head = types.MethodType(_hidden_then_head, model)
@@ -126,6 +134,6 @@ def completion_logps(model, batch, *, temperature=1.0, suppress_ids=None, chunk_
     """Log-probs (B, T) fp32 of batch["completion_ids"] (rollout.collate_rollouts) under the model."""
     device = next(model.parameters()).device
     inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "mm_token_type_ids", "position_ids",
-                                                "pixel_values", "image_grid_thw") if k in batch}
+                                                "pixel_values", "image_grid_thw", "image_index") if k in batch}
     return sequence_logps(model, inputs, batch["completion_ids"].to(device), temperature=temperature,
                           suppress_ids=suppress_ids, chunk_rows=chunk_rows)

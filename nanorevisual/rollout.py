@@ -160,8 +160,11 @@ def split_pixels(enc):
 def collate_rollouts(seqs, pad_token_id):
     """Re-batch rollout dicts: [left-padded prompt | completion | right padding] per row.
 
-    Returns model inputs (input_ids, attention_mask, mm_token_type_ids, position_ids, pixel_values, image_grid_thw)
-    plus completion_ids (B, T) and completion_mask (B, T); the completion occupies positions [P, P+T) of every row.
+    Returns model inputs (input_ids, attention_mask, mm_token_type_ids, position_ids, pixel_values, image_grid_thw,
+    image_index) plus completion_ids (B, T) and completion_mask (B, T); the completion occupies positions [P, P+T).
+    The G samples of a prompt share its image tensors, so pixel_values / image_grid_thw hold each prompt's images
+    once and image_index (n_occurrences,) maps every image of every row, in row order, to one of them: the vision
+    tower then runs once per image, not once per sample (logprobs.sequence_logps).
     position_ids (3, B, P+T) are the M-RoPE positions generate used (the prompt's, then one text position per
     completion token), so the training forward skips the model's per-row rope-index loop; padding keeps the 0 that
     the model's own get_rope_index writes there.
@@ -174,7 +177,7 @@ def collate_rollouts(seqs, pad_token_id):
     mm_types = torch.zeros((B, P + T), dtype=torch.long)  # (B, P+T) 1 on image tokens, 0 on text and completion
     completion_mask = torch.zeros((B, T), dtype=torch.bool)  # (B, T)
     position_ids = torch.zeros((3, B, P + T), dtype=torch.long)  # (3, B, P+T)
-    pixels, grids = [], []
+    pixels, grids, image_index, first_image = [], [], [], {}  # first_image: id(pixel tensor) -> its first image
     for i, s in enumerate(seqs):
         lp, lc = s["prompt_ids"].numel(), s["completion_ids"].numel()
         input_ids[i, P - lp:P] = s["prompt_ids"]
@@ -185,11 +188,25 @@ def collate_rollouts(seqs, pad_token_id):
         position_ids[:, i, P - lp:P] = s["prompt_positions"]
         position_ids[:, i, P:P + lc] = s["prompt_positions"][:, -1:] + torch.arange(1, lc + 1)  # (3, lc) text
         if s["pixel_values"] is not None:
-            pixels.append(s["pixel_values"])
-            grids.append(s["image_grid_thw"])
+            if id(s["pixel_values"]) not in first_image:  # the first sample of this prompt in the batch
+                first_image[id(s["pixel_values"])] = sum(len(g) for g in grids)
+                pixels.append(s["pixel_values"])
+                grids.append(s["image_grid_thw"])
+            first = first_image[id(s["pixel_values"])]
+            image_index.extend(range(first, first + len(s["image_grid_thw"])))
     batch = {"input_ids": input_ids, "attention_mask": attention_mask, "mm_token_type_ids": mm_types,
              "position_ids": position_ids, "completion_ids": input_ids[:, P:], "completion_mask": completion_mask}
     if pixels:
-        batch["pixel_values"] = torch.cat(pixels)  # (n_patches, D)
+        batch["pixel_values"] = torch.cat(pixels)  # (n_patches, D) each distinct image once
         batch["image_grid_thw"] = torch.cat(grids)  # (n_images, 3)
+        batch["image_index"] = torch.tensor(image_index)  # (n_occurrences,) row-order image -> distinct image
     return batch
+
+
+def expand_images(batch):
+    """The batch's model inputs with every image repeated per occurrence (what a plain HF forward takes)."""
+    grids = batch["image_grid_thw"]  # (n_images, 3)
+    rows = torch.split(batch["pixel_values"], grids.prod(-1).tolist())  # per distinct image
+    index = batch["image_index"].tolist()
+    return {**{k: v for k, v in batch.items() if k != "image_index"},
+            "pixel_values": torch.cat([rows[i] for i in index]), "image_grid_thw": grids[index]}

@@ -99,7 +99,7 @@ def test_completion_logps_through_the_model_matches_full_logits(tiny_stack):
     """The model path (hidden states -> chunked head) equals log_softmax of the model's own full logits."""
     from nanorevisual.prompts import build_messages
     from nanorevisual.processor import vision_token_ids
-    from nanorevisual.rollout import collate_rollouts, generate_rollouts
+    from nanorevisual.rollout import collate_rollouts, expand_images, generate_rollouts
     from PIL import Image
 
     model, processor = tiny_stack
@@ -109,9 +109,12 @@ def test_completion_logps_through_the_model_matches_full_logits(tiny_stack):
     seqs = generate_rollouts(model, processor, msgs, group_size=2, max_new_tokens=8, temperature=1.0,
                              micro_batch_size=4, suppress_ids=suppress, seed=0)
     batch = collate_rollouts(seqs, processor.tokenizer.pad_token_id)
+    # the two samples of the image prompt share one vision-tower pass on our side; the reference runs it per sample
+    assert len(batch["image_grid_thw"]) == 1 and batch["image_index"].tolist() == [0, 0]
     T = batch["completion_ids"].shape[1]
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values",
-                                    "image_grid_thw")}
+    inputs = {k: v for k, v in expand_images(batch).items() if k in ("input_ids", "attention_mask",
+                                                                     "mm_token_type_ids", "pixel_values",
+                                                                     "image_grid_thw")}
     model.zero_grad(set_to_none=True)
     got = completion_logps(model, batch, temperature=0.8, suppress_ids=suppress)  # (B, T)
     (got * batch["completion_mask"]).sum().backward()

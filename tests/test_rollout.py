@@ -10,7 +10,7 @@ from PIL import Image
 from nanorevisual.prompts import build_messages, encode_prompts
 from nanorevisual.processor import vision_token_ids
 from nanorevisual.logprobs import completion_logps
-from nanorevisual.rollout import (collate_rollouts, completion_length, generate_rollouts,
+from nanorevisual.rollout import (collate_rollouts, completion_length, expand_images, generate_rollouts,
                                   split_pixels)
 
 
@@ -171,7 +171,7 @@ def test_stored_positions_equal_the_models_own(tiny_stack, mixed_messages):
     model, processor = tiny_stack
     seqs = generate_rollouts(model, processor, mixed_messages, group_size=2, max_new_tokens=6, temperature=1.0,
                              micro_batch_size=8, suppress_ids=vision_token_ids(processor), seed=2)
-    batch = collate_rollouts(seqs[::-1], processor.tokenizer.pad_token_id)  # another padding layout than generate's
+    batch = expand_images(collate_rollouts(seqs[::-1], processor.tokenizer.pad_token_id))  # another padding layout
     keys = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")
     inputs = {k: batch[k] for k in keys}
     ours, _ = model.model.get_rope_index(batch["input_ids"], batch["mm_token_type_ids"], batch["image_grid_thw"],
@@ -181,3 +181,21 @@ def test_stored_positions_equal_the_models_own(tiny_stack, mixed_messages):
         with_pos = model(**inputs, position_ids=batch["position_ids"], use_cache=False).logits
         without = model(**inputs, use_cache=False).logits
     assert torch.equal(with_pos, without)
+
+
+def test_collate_stores_each_prompts_images_once(tiny_stack, mixed_messages):
+    """The G samples of a prompt share its images: collate keeps them once, and image_index restores every
+    occurrence in row order (a two-image prompt included)."""
+    model, processor = tiny_stack
+    seqs = generate_rollouts(model, processor, mixed_messages, group_size=3, max_new_tokens=4, temperature=1.0,
+                             micro_batch_size=12, suppress_ids=vision_token_ids(processor), seed=1)
+    order = [7, 0, 8, 1, 6, 3]  # rows of several prompts, interleaved
+    batch = collate_rollouts([seqs[i] for i in order], processor.tokenizer.pad_token_id)
+    with_images = [seqs[i] for i in order if seqs[i]["pixel_values"] is not None]
+    distinct = {id(s["pixel_values"]) for s in with_images}
+    assert len(batch["image_grid_thw"]) == sum(len(next(s for s in with_images if id(s["pixel_values"]) == d)
+                                                    ["image_grid_thw"]) for d in distinct)
+    assert len(batch["image_index"]) == sum(len(s["image_grid_thw"]) for s in with_images) > len(batch["image_grid_thw"])
+    full = expand_images(batch)
+    assert torch.equal(full["pixel_values"], torch.cat([s["pixel_values"] for s in with_images]))
+    assert torch.equal(full["image_grid_thw"], torch.cat([s["image_grid_thw"] for s in with_images]))
