@@ -105,7 +105,7 @@ def _hidden_then_head(model, inputs, targets, temperature, suppress_ids, chunk_r
     Registered as an FSDP forward method (module docstring, point 2): the root unit unshards before it and its
     gradients are reduce-scattered after backward like any other."""
     T = targets.shape[1]
-    if "image_index" in inputs:  # each distinct image through the vision tower once, then one copy per occurrence
+    if "image_index" in inputs:  # each distinct image through the vision tower once, one copy per use (pitfall 19)
         inputs = dict(inputs)
         index = inputs.pop("image_index").tolist()
         images = model.model.get_image_features(inputs.pop("pixel_values"), inputs.pop("image_grid_thw"),
