@@ -130,9 +130,39 @@ def sequence_logps(model, inputs, targets, *, temperature=1.0, suppress_ids=None
                                      chunk_rows)
 
 
+def shared_prompt_hidden(model, batch):
+    """Last hidden states (B, T, H) at the positions that predict batch["completion_ids"] (B, T), each distinct prompt
+    run once: its forward keeps a KV cache, the cache rows are picked per sequence (row_prompt), and the completions
+    run against them. Gradients flow through the picked rows into the shared prompt forward (pitfall 20)."""
+    rows, T = batch["row_prompt"], batch["completion_ids"].shape[1]  # (B,)
+    images = {k: batch[k] for k in ("pixel_values", "image_grid_thw") if k in batch}  # distinct images, prompt order
+    prefix = model.model(input_ids=batch["prefix_ids"], attention_mask=batch["prefix_mask"],
+                         mm_token_type_ids=batch["prefix_mm_types"], position_ids=batch["prefix_positions"],
+                         use_cache=True, **images)
+    first = prefix.last_hidden_state[rows, -1:]  # (B, 1, H) the last prompt position predicts completion token 0
+    if T == 1:
+        return first
+    cache = prefix.past_key_values
+    cache.batch_select_indices(rows)  # (B, ...) one cache row per sequence
+    ids = batch["completion_ids"][:, :T - 1]  # (B, T-1) completion tokens as inputs
+    mask = torch.cat([batch["prefix_mask"][rows], batch["completion_mask"][:, :T - 1].long()], 1)  # (B, Pp+T-1)
+    P = batch["input_ids"].shape[1] - T
+    rest = model.model(input_ids=ids, attention_mask=mask, mm_token_type_ids=torch.zeros_like(ids),
+                       position_ids=batch["position_ids"][:, :, P:P + T - 1], past_key_values=cache, use_cache=True)
+    return torch.cat([first, rest.last_hidden_state], 1)  # (B, T, H)
+
+
 def completion_logps(model, batch, *, temperature=1.0, suppress_ids=None, chunk_rows=None):
-    """Log-probs (B, T) fp32 of batch["completion_ids"] (rollout.collate_rollouts) under the model."""
+    """Log-probs (B, T) fp32 of batch["completion_ids"] (rollout.collate_rollouts) under the model. Prompts with
+    several rows run once (shared_prompt_hidden) unless the model is FSDP-sharded or gradient-checkpointed (HF's
+    checkpointed layers drop the cache in training); otherwise every row runs whole."""
     device = next(model.parameters()).device
+    from torch.distributed.fsdp import FSDPModule
+    if "row_prompt" in batch and not model.is_activation_checkpointing and not isinstance(model, FSDPModule):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        return head_logps(shared_prompt_hidden(model, batch), model.lm_head.weight, batch["completion_ids"],
+                          temperature=temperature if temperature > 0 else 1.0, suppress_ids=suppress_ids,
+                          chunk_rows=chunk_rows)
     inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "mm_token_type_ids", "position_ids",
                                                 "pixel_values", "image_grid_thw", "image_index") if k in batch}
     return sequence_logps(model, inputs, batch["completion_ids"].to(device), temperature=temperature,

@@ -67,19 +67,18 @@ def generate_rollouts(model, processor, messages_list, *, group_size, max_new_to
         if with_scores:
             scores = torch.stack(seqs.scores, 1).float().log_softmax(-1).cpu()  # (p*G, T, V)
             sample_logps = scores.gather(2, completions[..., None]).squeeze(2)  # (p*G, T)
-        per_prompt_pixels = split_pixels(enc)
+        prompts = []  # one set of prompt tensors per prompt, shared by its G samples (collate_rollouts groups by it)
+        for p, (pixels, grid) in enumerate(split_pixels(enc)):
+            row_mask = enc["attention_mask"][p].bool()  # (P,) left padding removed
+            prompts.append({"prompt_ids": enc["input_ids"][p][row_mask], "prompt_mm_types": enc["mm_token_type_ids"][p][row_mask],
+                            "prompt_positions": positions[:, p, row_mask], "pixel_values": pixels, "image_grid_thw": grid,
+                            "prompt_index": start + p})
         for j in range(completions.shape[0]):
-            p = j // group_size  # prompt within the chunk (num_return_sequences repeats each prompt G times)
-            row_mask = enc["attention_mask"][p].bool()  # (P,) left padding removed below
-            ids = completions[j]  # (T,)
+            ids = completions[j]  # (T,) sample j of prompt j // G (num_return_sequences repeats each prompt G times)
             length, truncated = completion_length(ids, stop_ids)
             ids = ids[:length].clone()  # (Tc,)
-            pixels, grid = per_prompt_pixels[p]
-            out.append({"prompt_ids": enc["input_ids"][p][row_mask], "prompt_mm_types": enc["mm_token_type_ids"][p][row_mask],
-                        "prompt_positions": positions[:, p, row_mask],
-                        "pixel_values": pixels, "image_grid_thw": grid, "completion_ids": ids, "truncated": truncated,
-                        "text": tok.decode(ids, skip_special_tokens=True), "prompt_index": start + p,
-                        "num_tokens": length})
+            out.append({**prompts[j // group_size], "completion_ids": ids, "truncated": truncated,
+                        "text": tok.decode(ids, skip_special_tokens=True), "num_tokens": length})
             if with_scores:
                 out[-1]["sample_logps"] = sample_logps[j, :length]
     return out
@@ -162,9 +161,11 @@ def collate_rollouts(seqs, pad_token_id):
 
     Returns model inputs (input_ids, attention_mask, mm_token_type_ids, position_ids, pixel_values, image_grid_thw,
     image_index) plus completion_ids (B, T) and completion_mask (B, T); the completion occupies positions [P, P+T).
-    The G samples of a prompt share its image tensors, so pixel_values / image_grid_thw hold each prompt's images
-    once and image_index (n_occurrences,) maps every image of every row, in row order, to one of them: the vision
-    tower then runs once per image, not once per sample (logprobs.sequence_logps).
+    The G samples of a prompt share its tensors, so pixel_values / image_grid_thw hold each prompt's images once
+    and image_index (n_occurrences,) maps every image of every row, in row order, to one of them: the vision tower
+    then runs once per image, not once per sample (logprobs.sequence_logps). When some prompt has several rows, the
+    batch also holds each distinct prompt once, left-padded (prefix_ids, prefix_mask, prefix_mm_types (u, Pp),
+    prefix_positions (3, u, Pp)), and row_prompt (B,): the prompt of each row (logprobs.shared_prompt_hidden).
     position_ids (3, B, P+T) are the M-RoPE positions generate used (the prompt's, then one text position per
     completion token), so the training forward skips the model's per-row rope-index loop; padding keeps the 0 that
     the model's own get_rope_index writes there.
@@ -196,6 +197,23 @@ def collate_rollouts(seqs, pad_token_id):
             image_index.extend(range(first, first + len(s["image_grid_thw"])))
     batch = {"input_ids": input_ids, "attention_mask": attention_mask, "mm_token_type_ids": mm_types,
              "position_ids": position_ids, "completion_ids": input_ids[:, P:], "completion_mask": completion_mask}
+    row_prompt, prompts = [], {}  # id(prompt_ids) -> index of the distinct prompt
+    for s in seqs:
+        row_prompt.append(prompts.setdefault(id(s["prompt_ids"]), len(prompts)))
+    if len(prompts) < B:  # a prompt with several rows: its prefix can run once (in first-row order, as the images)
+        distinct = list({id(s["prompt_ids"]): s for s in seqs}.values())
+        Pp = max(s["prompt_ids"].numel() for s in distinct)
+        batch["prefix_ids"] = torch.full((len(distinct), Pp), pad_token_id, dtype=torch.long)  # (u, Pp)
+        batch["prefix_mask"] = torch.zeros((len(distinct), Pp), dtype=torch.long)  # (u, Pp)
+        batch["prefix_mm_types"] = torch.zeros((len(distinct), Pp), dtype=torch.long)  # (u, Pp)
+        batch["prefix_positions"] = torch.zeros((3, len(distinct), Pp), dtype=torch.long)  # (3, u, Pp)
+        for i, s in enumerate(distinct):
+            lp = s["prompt_ids"].numel()
+            batch["prefix_ids"][i, Pp - lp:] = s["prompt_ids"]
+            batch["prefix_mask"][i, Pp - lp:] = 1
+            batch["prefix_mm_types"][i, Pp - lp:] = s["prompt_mm_types"]
+            batch["prefix_positions"][:, i, Pp - lp:] = s["prompt_positions"]
+        batch["row_prompt"] = torch.tensor(row_prompt)  # (B,)
     if pixels:
         batch["pixel_values"] = torch.cat(pixels)  # (n_patches, D) each distinct image once
         batch["image_grid_thw"] = torch.cat(grids)  # (n_images, 3)
@@ -208,5 +226,5 @@ def expand_images(batch):
     grids = batch["image_grid_thw"]  # (n_images, 3)
     rows = torch.split(batch["pixel_values"], grids.prod(-1).tolist())  # per distinct image
     index = batch["image_index"].tolist()
-    return {**{k: v for k, v in batch.items() if k != "image_index"},
+    return {**{k: v for k, v in batch.items() if k not in ("image_index", "row_prompt") and not k.startswith("prefix")},
             "pixel_values": torch.cat([rows[i] for i in index]), "image_grid_thw": grids[index]}

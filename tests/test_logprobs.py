@@ -131,3 +131,4 @@ def test_completion_logps_through_the_model_matches_full_logits(tiny_stack):
             torch.testing.assert_close(grads[name], p.grad, rtol=1e-4, atol=1e-5, msg=name)
     assert "lm_head.weight" in grads
     model.zero_grad(set_to_none=True)
+

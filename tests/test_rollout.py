@@ -199,3 +199,29 @@ def test_collate_stores_each_prompts_images_once(tiny_stack, mixed_messages):
     full = expand_images(batch)
     assert torch.equal(full["pixel_values"], torch.cat([s["pixel_values"] for s in with_images]))
     assert torch.equal(full["image_grid_thw"], torch.cat([s["image_grid_thw"] for s in with_images]))
+
+
+def test_shared_prompt_forward_equals_whole_rows(tiny_stack, mixed_messages):
+    """Each distinct prompt run once with its KV cache picked per row (PAD's repeats included) gives the log-probs
+    and the gradients of running every row whole."""
+    model, processor = tiny_stack
+    suppress = vision_token_ids(processor)
+    seqs = generate_rollouts(model, processor, mixed_messages, group_size=3, max_new_tokens=8, temperature=1.0,
+                             micro_batch_size=12, suppress_ids=suppress, seed=4)
+    picked = [seqs[i] for i in (7, 0, 7, 8, 2, 5, 1, 10)]  # repeats, a two-image prompt, text prompts
+    batch = collate_rollouts(picked, processor.tokenizer.pad_token_id)
+    assert batch["row_prompt"].tolist() == [0, 1, 0, 0, 1, 2, 1, 3] and batch["prefix_ids"].shape[0] == 4
+    whole = {k: v for k, v in batch.items() if k != "row_prompt" and not k.startswith("prefix")}
+    mask = batch["completion_mask"]
+    results = []
+    for b in (batch, whole):
+        model.zero_grad(set_to_none=True)
+        logps = completion_logps(model, b, temperature=0.7, suppress_ids=suppress)  # (B, T)
+        (logps * mask).sum().backward()
+        results.append((logps.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    model.zero_grad(set_to_none=True)
+    (shared, g_shared), (rows, g_rows) = results
+    torch.testing.assert_close(shared[mask], rows[mask], rtol=0, atol=1e-5)
+    assert g_shared.keys() == g_rows.keys() and any(n.startswith("model.visual") for n in g_rows)
+    for name in g_rows:
+        torch.testing.assert_close(g_shared[name], g_rows[name], rtol=1e-4, atol=1e-5, msg=name)
