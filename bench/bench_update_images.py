@@ -1,11 +1,14 @@
-"""The training forward + backward with each prompt's images through the vision tower once (collate_rollouts'
-image_index) against once per sample (every occurrence repeated, the plain HF inputs), side by side in one run.
+"""The training forward + backward of a rollout batch three ways, side by side in one run:
+    prompt once     each distinct prompt (its images and its tokens) runs once, the completions against its KV
+                    cache (collate_rollouts' prefix keys, logprobs.shared_prompt_hidden)
+    images once     every row runs whole, but each distinct image goes through the vision tower once (image_index)
+    rows whole      every row runs whole with its own copy of the images (the plain HF inputs)
 
     python bench/bench_update_images.py                         # toy images (56 x 56: 4 image tokens), G 8
     python bench/bench_update_images.py --min-pixels 262144     # the released lower pixel bound: 361 image tokens
 
-Interleaved repeats, medians, the ratio printed last. It also prints the largest difference of the log-probs and of
-the gradients between the two (they are the same computation up to float summation order).
+Interleaved repeats, medians, the ratio rows whole / prompt once printed last. It also prints the largest difference
+of the log-probs and of the gradients from "rows whole" (the same computation up to float summation order).
 """
 
 import argparse
@@ -27,7 +30,7 @@ from nanorevisual.toy import ensure_toy_data  # noqa: E402
 
 
 def main():
-    parser = argparse.ArgumentParser(description="vision tower once per image vs once per sample in the update")
+    parser = argparse.ArgumentParser(description="the update forward: prompt once, images once, or rows whole")
     parser.add_argument("--prompts", type=int, default=4, help="image prompts")
     parser.add_argument("--group-size", type=int, default=8, help="G samples per prompt")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="completion length cap")
@@ -46,7 +49,8 @@ def main():
                              max_new_tokens=args.max_new_tokens, suppress_ids=suppress, seed=0)
     model.train()
     shared = collate_rollouts(seqs, processor.tokenizer.pad_token_id)
-    batches = {"once per image": shared, "once per sample": expand_images(shared)}
+    images_once = {k: v for k, v in shared.items() if k != "row_prompt" and not k.startswith("prefix")}
+    batches = {"prompt once": shared, "images once": images_once, "rows whole": expand_images(shared)}
 
     def forward_backward(batch):
         logps = completion_logps(model, batch, suppress_ids=suppress)  # (B, T)
@@ -56,7 +60,7 @@ def main():
         return logps.detach(), grads
 
     results = {name: forward_backward(batch) for name, batch in batches.items()}
-    (a, ga), (b, gb) = results.values()
+    reference, reference_grads = results["rows whole"]
     mask = shared["completion_mask"]
     times = {name: [] for name in batches}
     for _ in range(args.repeats):
@@ -64,15 +68,17 @@ def main():
             t0 = time.perf_counter()
             forward_backward(batch)
             times[name].append(time.perf_counter() - t0)
-    once, per_sample = (statistics.median(times[name]) for name in batches)
+    med = {name: statistics.median(v) for name, v in times.items()}
     tokens = int(shared["mm_token_type_ids"][0].sum())
     print(f"{args.prompts} image prompts ({tokens} image tokens each) x G {args.group_size}, "
           f"{args.max_new_tokens} new tokens, {args.threads} threads, median of {args.repeats}")
-    print(f"max |difference|: log-probs {(a - b)[mask].abs().max():.2e}, "
-          f"gradients {max((x - y).abs().max().item() for x, y in zip(ga, gb)):.2e}")
-    print(f"forward + backward: vision once per sample {per_sample:.3f} s | once per image {once:.3f} s")
-    print(f"speed-up of one vision pass per image: {per_sample / once:.2f}x")
-
+    for name in ("prompt once", "images once"):
+        logps, grads = results[name]
+        print(f"{name}: max |difference| from rows whole: log-probs {(logps - reference)[mask].abs().max():.2e}, "
+              f"gradients {max((x - y).abs().max().item() for x, y in zip(grads, reference_grads)):.2e}")
+    print("forward + backward: " + " | ".join(f"{name} {t:.3f} s" for name, t in med.items()))
+    print(f"images once vs rows whole: {med['rows whole'] / med['images once']:.2f}x")
+    print(f"speed-up of running each prompt once (rows whole / prompt once): {med['rows whole'] / med['prompt once']:.2f}x")
 
 if __name__ == "__main__":
     main()
