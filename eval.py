@@ -10,9 +10,13 @@ nanorevisual.benchmarks.BENCHMARKS, else the file stem labels a project-format f
 completions; the prompt is the training prompt (prompts.build_messages); grading is benchmarks.grade_item.
 Outputs in --out-dir (accuracy and std in percent):
     predictions.jsonl  a line per (benchmark, id, sample): completion, extracted, answer, correct, num_tokens, truncated
-    results.json       {benchmark: {score, metric, accuracy, std, items, samples}, ..., "average": {score, items, benchmarks}}
+    results.json       {benchmark: {score, metric, accuracy, std, items, samples, [dropped]}, ...,
+                       "average": {score, items, benchmarks}}
     results.md         the table printed at the end, rows in paper Table 2 order, then the other labels
     config.json        the resolved flags; a resume with another model or decoding setting is refused
+Items whose prompt is longer than --max-prompt-length (train_grpo.py's rule: 8192 tokens, none
+for the tiny model) are dropped before generation, printed, counted as `dropped` in results.json,
+not scored. One eval at a time owns --out-dir (OUT_DIR/.lock, as training runs do).
 Resume: rerun the same command. Predictions are appended and flushed after every generate batch (torchrun: one
 predictions.rank{r}.jsonl per rank), finished (benchmark, id, sample) triples are skipped, and rank 0 merges every
 file into a deduplicated, sorted predictions.jsonl at the end. Multi-node resume needs --out-dir on a shared disk.
@@ -42,13 +46,13 @@ import statistics
 
 from tqdm import tqdm
 
-from nanorevisual import dist
+from nanorevisual import checkpoint, dist
 from nanorevisual.benchmarks import BENCHMARKS, PAPER_TABLE2, grade_item, load_benchmark, paper_metric
-from nanorevisual.common import UserError, check_flags, default_dtype, one_line_errors
+from nanorevisual.common import UserError, check_flags, default_dtype, one_line_errors, set_seed
 from nanorevisual.dist import print0
 from nanorevisual.model import check_model_path, is_toy_model, load_model_and_processor, load_policy
-from nanorevisual.processor import vision_token_ids
-from nanorevisual.prompts import INSTRUCTION, build_messages
+from nanorevisual.processor import load_processor, vision_token_ids
+from nanorevisual.prompts import INSTRUCTION, build_messages, filter_long_prompts
 from nanorevisual.rollout import generate_rollouts
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -56,7 +60,8 @@ from nanorevisual.rollout import generate_rollouts
 parser = argparse.ArgumentParser(description="Evaluate a checkpoint on ReVisual-R1 Table 2 benchmarks / JSONL files")
 # Model
 parser.add_argument("--model", default="tiny", help="HF folder or hub id; 'tiny': the random tiny model")
-parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16")
+parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                    help="auto: bf16 on CUDA, fp32 on CPU")
 parser.add_argument("--min-pixels", type=int, default=None, help="min image pixels (real models: 262144)")
 parser.add_argument("--max-pixels", type=int, default=None, help="max image pixels (real models: 1048576)")
 # Data
@@ -64,6 +69,8 @@ parser.add_argument("--data", nargs="+", default=None, help="NAME=PATH or PATH e
 parser.add_argument("--instruction", type=int, default=1, help="1: append the paper's think/boxed instruction to "
                     "every problem (docs/paper_notes.md §6); 0: use the problems as written")
 parser.add_argument("--limit", type=int, default=0, help="only the first N items of each benchmark (0: all)")
+parser.add_argument("--max-prompt-length", type=int, default=None, help="drop (and count) items "
+                    "with longer prompts (0: keep all; default 8192, tiny 0, as train_grpo.py)")
 # Generation
 parser.add_argument("--samples", type=int, default=1, help="k: samples per item; accuracy is pass@1 averaged over k")
 parser.add_argument("--meta-samples", type=int, default=1, help="1: meta n_samples (AIME: 8) raises k if temperature > 0")
@@ -72,6 +79,7 @@ parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling t
 parser.add_argument("--max-new-tokens", type=int, default=None, help="length cap (default: 32 tiny, 8192 real)")
 parser.add_argument("--batch-size", type=int, default=64, help="sequences per generate call")
 parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+parser.add_argument("--deterministic", type=int, default=0, help="1: deterministic kernels only (slower on GPU)")
 # Output
 parser.add_argument("--out-dir", default="runs/eval", help="predictions.jsonl, results.json, results.md, config.json")
 parser.add_argument("--compare", default=None, help="'paper' or a results.json: print the differences")
@@ -174,13 +182,19 @@ def compare_table(results, references):
 
 
 def load_references(compare):
+    """--compare: 'paper' (Table 2's rows) or an earlier eval's results.json, else UserError."""
     if compare == "paper":
         return {name: {b: v for b, v in row.items() if b in BENCHMARKS} for name, row in PAPER_TABLE2.items()
                 if name in ("ReVisual-R1-7B", "Qwen2.5-VL-7B")}
-    with open(compare) as f:
-        other = json.load(f)
-    return {compare: {b: r.get("score", r.get("accuracy")) for b, r in other.items()
-                      if b != "average" and isinstance(r, dict)}}
+    try:
+        with open(compare, encoding="utf-8") as f:
+            other = json.load(f)
+        scores = {b: r.get("score", r.get("accuracy")) for b, r in other.items()
+                  if isinstance(r, dict) and b != "average"}
+        return {compare: {b: v for b, v in scores.items() if isinstance(v, (int, float))}}
+    except (OSError, ValueError, AttributeError, RecursionError) as e:  # missing, not JSON/dict
+        raise UserError(f"--compare {compare}: expected 'paper' or the results.json of an earlier "
+                        f"eval ({type(e).__name__})") from None
 
 
 def prediction_key(p):
@@ -241,16 +255,16 @@ if __name__ == "__main__":
     one_line_errors(parser)
     args = parser.parse_args()
     args.model = check_model_path(args.model)
-    check_flags(args, positive=["samples", "batch_size", "max_new_tokens"],
-                non_negative=["limit", "min_pixels", "max_pixels", "meta_samples"])
-    if args.temperature < 0 or not 0 < args.top_p <= 1:
-        raise UserError(f"--temperature must be >= 0 and --top-p in (0, 1], got {args.temperature} and {args.top_p}")
     tiny = is_toy_model(args.model)
     if args.max_new_tokens is None:
         args.max_new_tokens = 32 if tiny else 8192
+    if args.max_prompt_length is None:  # train_grpo.py's rule: released RL filter, none for tiny
+        args.max_prompt_length = 0 if tiny else 8192
     if not tiny:  # released eval: image pixels in [262144, 1048576] (docs/paper_notes.md §7)
         args.min_pixels = args.min_pixels or 262144
         args.max_pixels = args.max_pixels or 1048576
+    check_flags(args, temperature="[0, inf)")  # presets applied; temperature 0 is greedy here
+    references = load_references(args.compare) if args.compare else None  # a typo fails now
     if not args.data:
         from nanorevisual.toy import ensure_toy_data
         toy_dir = ensure_toy_data()
@@ -262,23 +276,20 @@ if __name__ == "__main__":
     user_config = vars(args).copy()
 
     # ------------------------------------------------------------------------------------------------------------
-    # Compute init, resume guard
+    # Compute init
     ddp, rank, local_rank, world_size, device = dist.compute_init()
     master_process = rank == 0
+    set_seed(args.seed, bool(args.deterministic))
     print0(json.dumps(user_config, indent=1))
-    os.makedirs(args.out_dir, exist_ok=True)
-    config_path = os.path.join(args.out_dir, "config.json")
-    if prediction_files(args.out_dir) and os.path.exists(config_path):
-        with open(config_path) as f:
-            old = json.load(f)
-        changed = {k: (old.get(k), user_config[k]) for k in GENERATION_KEYS if old.get(k) != user_config[k]}
-        if changed:
-            raise UserError(f"{args.out_dir} holds predictions made with other settings {changed} (old, new): "
-                            "pass a new --out-dir or delete it")
 
     # ------------------------------------------------------------------------------------------------------------
-    # Data: records, the (item, sample) units, and which are already done
-    records = []
+    # Data: records (prompts over --max-prompt-length dropped, counted), the out-dir, resume guard
+    processor = None
+    if args.max_prompt_length:  # counts what the model would see, image tokens included
+        processor = load_processor(args.model, min_pixels=args.min_pixels,
+                                   max_pixels=args.max_pixels)
+    records, dropped = [], {}
+    instruction = INSTRUCTION if args.instruction else ""
     for spec, (label, name, path) in zip(args.data, specs):
         try:
             recs = load_benchmark(name, path, limit=args.limit or None)
@@ -290,8 +301,25 @@ if __name__ == "__main__":
             raise UserError(f"--data {label}={path}: no items in the file")
         for r in recs:
             r["benchmark"] = label  # the --data label names the results row
+            r["messages"] = build_messages(r["problem"], r["images"], instruction)
+        if processor is not None:
+            recs, dropped[label] = filter_long_prompts(processor, recs, args.max_prompt_length)
+            if not recs:
+                raise UserError(f"--data {label}={path}: every prompt is longer than "
+                                f"--max-prompt-length {args.max_prompt_length}")
         records += recs
-        print0(f"{label}: {len(recs)} items from {path} ({name} loader)")
+        over = f"; dropped {dropped[label]} over --max-prompt-length" if dropped.get(label) else ""
+        print0(f"{label}: {len(recs)} items from {path} ({name} loader){over}")
+    checkpoint.claim_out_dir(args.out_dir)  # a second eval into this folder stops here
+    config_path = os.path.join(args.out_dir, "config.json")
+    if prediction_files(args.out_dir) and os.path.exists(config_path):
+        with open(config_path) as f:
+            old = json.load(f)
+        changed = {k: (old.get(k), user_config[k]) for k in GENERATION_KEYS
+                   if old.get(k) != user_config[k]}
+        if changed:
+            raise UserError(f"{args.out_dir} holds predictions made with other settings {changed} "
+                            "(old, new): pass a new --out-dir or delete it")
 
     def num_samples(r):
         n = (r.get("meta") or {}).get("n_samples") if args.meta_samples and args.temperature > 0 else None
@@ -331,8 +359,7 @@ if __name__ == "__main__":
         with open_append(out_path) as f, dist.gathered_params(model):
             for start in range(0, len(pending), args.batch_size):
                 batch = pending[start:start + args.batch_size]
-                messages = [build_messages(r["problem"], r["images"], INSTRUCTION if args.instruction else "")
-                            for r, _ in batch]
+                messages = [r["messages"] for r, _ in batch]
                 first = unit_index[(batch[0][0]["benchmark"], batch[0][0]["id"], batch[0][1])]
                 outs = generate_rollouts(model, processor, messages, group_size=1, max_new_tokens=args.max_new_tokens,
                                          temperature=args.temperature, top_p=args.top_p,
@@ -367,6 +394,8 @@ if __name__ == "__main__":
             os.remove(path)
         metas = {(r["benchmark"], r["id"]): r.get("meta") or {} for r in records}
         results = summarize([merged[k] for k in unit_index], labels, metas, {label: name for label, name, _ in specs})
+        for label, n in dropped.items():  # over --max-prompt-length: not scored, counted here
+            results[label]["dropped"] = n
         with open(os.path.join(args.out_dir, "results.json"), "w") as f:
             json.dump(results, f, indent=1)
         table = markdown_table(results)
@@ -375,10 +404,12 @@ if __name__ == "__main__":
         with open(os.path.join(args.out_dir, "results.md"), "w") as f:
             f.write(header + "\n\n" + table + "\n")
         truncated = sum(merged[k]["truncated"] for k in unit_index)
-        print(f"\n{header}\n\n{table}\n\n{truncated} of {len(unit_index)} completions hit max_new_tokens; "
-              f"wrote {args.out_dir}/predictions.jsonl, results.json, results.md", flush=True)
+        print(f"\n{header}\n\n{table}\n\n{truncated} of {len(unit_index)} completions hit "
+              f"max_new_tokens; {sum(dropped.values())} items dropped as longer than "
+              f"--max-prompt-length (not scored); wrote {args.out_dir}/predictions.jsonl, "
+              "results.json, results.md", flush=True)
         if args.compare:
             print(f"\ndifference vs {args.compare} (accuracy points):\n\n"
-                  + compare_table(results, load_references(args.compare)), flush=True)
+                  + compare_table(results, references), flush=True)
     dist.barrier()
     dist.compute_cleanup()

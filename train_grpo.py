@@ -46,11 +46,11 @@ from tqdm import tqdm
 
 from nanorevisual import checkpoint, data, dist, prompts
 from nanorevisual.prompts import INSTRUCTION
-from nanorevisual.common import (MetricsLogger, Timer, UserError, autocast, check_flags, one_line_errors, set_seed,
-                                 truncate_jsonl)
+from nanorevisual.common import (MetricsLogger, Timer, UserError, autocast, check_flags,
+                                 nonfinite_streak, one_line_errors, set_seed, truncate_jsonl)
 from nanorevisual.dist import print0
-from nanorevisual.grpo import (PAD_PRESETS, group_advantages, pad_select, pad_tau, plan_token_counts, plan_update,
-                               policy_loss)
+from nanorevisual.grpo import PAD_PRESETS, group_advantages, pad_select, pad_tau, policy_loss
+from nanorevisual.plan import plan_token_counts, plan_update
 from nanorevisual.model import check_model_path, count_params, is_toy_model, load_policy
 from nanorevisual.processor import load_processor, vision_token_ids
 from nanorevisual.rewards import accuracy_reward, compute_rewards
@@ -118,6 +118,7 @@ parser.add_argument("--pad-empty", choices=["skip", "full"], default="skip", hel
 # Runtime / eval / checkpointing
 parser.add_argument("--max-steps", type=int, default=None, help="rollout steps")
 parser.add_argument("--seed", type=int, default=0, help="seed for data order, sampling and PAD")
+parser.add_argument("--deterministic", type=int, default=0, help="1: deterministic kernels only (slower on GPU)")
 parser.add_argument("--resume", type=int, default=0, help="1: continue from the last OUT_DIR/step_* folder")
 parser.add_argument("--overwrite", type=int, default=0, help="1: replace the run already in --out-dir")
 parser.add_argument("--save-every", type=int, default=0, help="save OUT_DIR/step_XXXXXX every N steps (0: final only)")
@@ -130,10 +131,6 @@ parser.add_argument("--dump-every", type=int, default=None, help="write OUT_DIR/
 parser.add_argument("--log-every", type=int, default=1, help="print a line every N steps")
 one_line_errors(parser)
 args = parser.parse_args()
-check_flags(args, positive=["prompts_per_step", "group_size", "max_new_tokens", "generate_batch_seqs",
-                            "micro_batch_size", "ppo_epochs", "max_steps", "eval_samples", "log_every"],
-            non_negative=["optim_batch_seqs", "micro_batch_tokens", "max_prompt_length", "eval_every", "save_every",
-                          "dump_every", "eval_limit", "entropy_warmup", "min_pixels", "max_pixels"])
 
 default_model = {"mrl": "runs/sft/final", "trl": "runs/mrl/final"}[args.stage]
 if args.model is None and not os.path.exists(os.path.join(default_model, "config.json")):
@@ -158,6 +155,7 @@ PAPER = {  # paper Table 5 and the released examples/config.yaml (docs/paper_not
 for key, value in {**(TOY if tiny else PAPER), **STAGE}.items():
     if getattr(args, key) is None:
         setattr(args, key, value)
+check_flags(args)  # every numeric flag, presets applied (nanorevisual/common.py FLAG_RULES)
 if tiny and (args.data is None or args.val_data is None):
     from nanorevisual.toy import ensure_toy_data
     toy_dir = ensure_toy_data()
@@ -185,16 +183,17 @@ user_config = dict(vars(args), pad_config={k: str(v) for k, v in pad_cfg.items()
 # Data: read and validate every file before any model loads
 instruction = INSTRUCTION if args.instruction else ""  # appended to every problem (paper Fig. 5)
 train_rows = data.load_rl_rows(args.data, bool(args.skip_bad_rows), instruction)
-val_sets = {os.path.basename(p).rsplit(".", 1)[0]: data.load_rl_rows(p, bool(args.skip_bad_rows), instruction)
-            for p in args.val_data or []}
+val_sets = {label: data.load_rl_rows(p, bool(args.skip_bad_rows), instruction)
+            for label, p in zip(data.unique_labels(args.val_data or []), args.val_data or [])}
+checkpoint.claim_out_dir(args.out_dir)  # a second run into this folder stops here
 resume_dir = checkpoint.prepare_out_dir(args.out_dir, resume=args.resume, overwrite=args.overwrite,
-                                        user_config=user_config)
+                                        user_config=user_config, total_steps=args.max_steps)
 
 # ----------------------------------------------------------------------------------------------------------------
 # Compute init, processor, prompt filter
 ddp, rank, local_rank, world_size, device = dist.compute_init()
 master_process = rank == 0
-set_seed(args.seed)
+set_seed(args.seed, bool(args.deterministic))
 print0(json.dumps(user_config, indent=1, default=str))
 if args.prompts_per_step % world_size:
     raise UserError(f"--prompts-per-step {args.prompts_per_step} must divide by the world size {world_size}")
@@ -217,6 +216,7 @@ ref_model = None
 if args.kl_coef > 0:  # mrl loads no reference model at all; trl's reference is the stage's starting checkpoint
     ref_model, _ = load_policy(args.model, device, ddp)
     ref_model.requires_grad_(False).eval()
+    print0(f"reference {args.model}: frozen, for the k3 KL (coef {args.kl_coef})")
 params = [p for p in model.parameters() if p.requires_grad]
 optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), weight_decay=args.weight_decay)
 suppress_ids = vision_token_ids(processor)
@@ -318,7 +318,7 @@ def optimizer_step(micro_batches, old, ref):
 
 # ----------------------------------------------------------------------------------------------------------------
 # Resume
-start_step, entropy_updates, pad_empty_steps = 0, 0, 0
+start_step, entropy_updates, pad_empty_steps, bad_steps = 0, 0, 0, 0
 spent = {"train_s": 0.0, "eval_s": 0.0, "tokens": 0.0}  # budget counters, saved in the resume state
 if resume_dir:
     extra = checkpoint.load_resume(resume_dir, model, optimizer, ddp)
@@ -409,6 +409,7 @@ for step in range(start_step, args.max_steps):
         for epoch in range(args.ppo_epochs):
             for micro_batches in my_plan:
                 step_stats, norm = optimizer_step(micro_batches, old, ref)
+                bad_steps = nonfinite_streak(norm, bad_steps)  # stops after 3 non-finite in a row
                 stats = {k: stats.get(k, 0.0) + v for k, v in step_stats.items()}
                 grad_norms.append(norm)
                 entropy_updates += 1

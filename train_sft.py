@@ -29,8 +29,8 @@ from tqdm import tqdm
 
 from nanorevisual import checkpoint, data, dist, prompts
 from nanorevisual.prompts import INSTRUCTION
-from nanorevisual.common import (MetricsLogger, UserError, autocast, check_flags, lr_multiplier, one_line_errors,
-                                 set_seed, truncate_jsonl)
+from nanorevisual.common import (MetricsLogger, UserError, autocast, check_flags, lr_multiplier,
+                                 nonfinite_streak, one_line_errors, set_seed, truncate_jsonl)
 from nanorevisual.dist import print0
 from nanorevisual.logprobs import sequence_logps
 from nanorevisual.model import check_model_path, count_params, is_toy_model, load_policy
@@ -62,6 +62,7 @@ parser.add_argument("--grad-checkpointing", type=int, default=0, help="1: activa
 parser.add_argument("--freeze-vision", type=int, default=1, help="1: vision tower frozen (LLaMA-Factory default)")
 # Runtime / checkpointing
 parser.add_argument("--seed", type=int, default=0, help="seed for init, data order and dropout")
+parser.add_argument("--deterministic", type=int, default=0, help="1: deterministic kernels only (slower on GPU)")
 parser.add_argument("--resume", type=int, default=0, help="1: continue from the last OUT_DIR/step_* folder")
 parser.add_argument("--overwrite", type=int, default=0, help="1: replace the run already in --out-dir")
 parser.add_argument("--save-every", type=int, default=0, help="save OUT_DIR/step_XXXXXX every N steps (0: only final)")
@@ -69,8 +70,6 @@ parser.add_argument("--eval-every", type=int, default=None, help="held-out loss 
 parser.add_argument("--log-every", type=int, default=1, help="print a line every N steps")
 one_line_errors(parser)
 args = parser.parse_args()
-check_flags(args, positive=["max_steps", "batch_size", "grad_accum", "max_length", "log_every"],
-            non_negative=["save_every", "eval_every", "weight_decay", "warmup_ratio", "min_lr_ratio"])
 args.model = check_model_path(args.model)
 
 TOY = {"epochs": 6, "lr": 2e-3, "min_lr_ratio": 0.1, "warmup_ratio": 0.05, "weight_decay": 0.0, "batch_size": 64,
@@ -89,8 +88,7 @@ if args.data is None:
     toy_dir = ensure_toy_data()
     args.data = os.path.join(toy_dir, "sft_train.jsonl")
     args.val_data = args.val_data or os.path.join(toy_dir, "sft_val.jsonl")
-if not args.epochs > 0 or not args.lr > 0:
-    raise UserError(f"--epochs and --lr must be > 0, got {args.epochs} and {args.lr}")
+check_flags(args)  # every numeric flag, presets applied (nanorevisual/common.py FLAG_RULES)
 user_config = vars(args).copy()
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -105,14 +103,15 @@ if steps_per_epoch == 0:
                     f"(--batch-size {args.batch_size} x --grad-accum {args.grad_accum})")
 total_steps = args.max_steps or math.ceil(args.epochs * steps_per_epoch)
 warmup_steps = max(1, round(args.warmup_ratio * total_steps))
+checkpoint.claim_out_dir(args.out_dir)  # a second run into this folder stops here
 resume_dir = checkpoint.prepare_out_dir(args.out_dir, resume=args.resume, overwrite=args.overwrite,
-                                        user_config=user_config)
+                                        user_config=user_config, total_steps=total_steps)
 
 # ----------------------------------------------------------------------------------------------------------------
 # Compute init
 ddp, rank, local_rank, world_size, device = dist.compute_init()
 master_process = rank == 0
-set_seed(args.seed)
+set_seed(args.seed, bool(args.deterministic))
 print0(json.dumps(user_config, indent=1))
 if args.batch_size % world_size:
     raise UserError(f"--batch-size {args.batch_size} must divide by the world size {world_size}")
@@ -205,7 +204,7 @@ def save(name, step):
 # ----------------------------------------------------------------------------------------------------------------
 # Training loop
 model.train()
-dropped_total = 0
+dropped_total, bad_steps = 0, 0
 # a progress bar in terminals only (logs and pipes get the one-line-per-step prints alone)
 pbar = tqdm(total=total_steps, initial=start_step, desc="sft", disable=not (master_process and sys.stderr.isatty()))
 for step in range(start_step, total_steps):
@@ -232,7 +231,9 @@ for step in range(start_step, total_steps):
         step_loss += s.item()
     grad_norm = dist.grad_norm_value(torch.nn.utils.clip_grad_norm_(params, args.clip_grad))
     lr = scheduler.get_last_lr()[0]
-    optimizer.step()
+    bad_steps = nonfinite_streak(grad_norm, bad_steps)  # stops after MAX_NONFINITE_STEPS in a row
+    if math.isfinite(grad_norm):  # a NaN/inf gradient would poison every weight: skip, as GRPO does
+        optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     # -------- TRAINING SECTION END --------

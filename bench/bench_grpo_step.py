@@ -1,7 +1,7 @@
 """GRPO step time against TRL's GRPOTrainer on the same step, measured side by side in one run.
 
     python bench/bench_grpo_step.py                                   # this project only: phase split, median step
-    python bench/bench_grpo_step.py --trl-python VENV/bin/python --trl-script PATH/run_trl.py   # and the ratio
+    python bench/bench_grpo_step.py --trl-python VENV/bin/python      # and the ratio to TRL
 
 The step (TRL's benchmark configuration): the project's tiny model from a fresh `nanorevisual.tiny` build, 8 prompts
 per step x G 4 = 32 completions of at most 32 new tokens, temperature 1, lr 1e-5, no KL, no PAD (`--pad none`: every
@@ -10,10 +10,11 @@ image prompts (a 56x56 grey image with a 32x32 square of one colour, "What colou
 \\boxed{}.") and 4 text prompts ("What is A + B? Put the answer in \\boxed{}."), as TRL's dataset does; the problems
 are used as written (`--instruction 0`), since TRL appends no instruction.
 
-TRL is not a dependency of this project: install it in a separate virtual environment (torch 2.13 CPU, trl 1.16,
-never torchvision) and point --trl-python at it; --trl-script is a GRPOTrainer timing script that loads the model
-folder given by --load-dir and prints "median of steps 2..N: X s". Runs alternate (ours, TRL, ours, TRL, ...) and
-each reports the median step time of steps 2..N; the ratio printed last is median(ours) / median(TRL).
+TRL is not a dependency of this project: install it in a separate virtual environment (see the docstring of
+bench/trl_grpo_step.py: torch 2.13 CPU, trl 1.16, never torchvision) and point --trl-python at it. --trl-script
+(default bench/trl_grpo_step.py) gets the model folder (--load-dir), the same rl.jsonl ours trains on (--data),
+--steps and --threads, and prints "median of steps 2..N: X s". Runs alternate (ours, TRL, ours, TRL, ...) and each
+reports the median step time of steps 2..N; the ratio printed last is median(ours) / median(TRL).
 """
 
 import argparse
@@ -75,7 +76,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=3, help="runs of each, interleaved")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for both")
     parser.add_argument("--trl-python", default=None, help="python of a venv with trl 1.16 (not this project's)")
-    parser.add_argument("--trl-script", default=None, help="TRL timing script (prints 'median of steps 2..N: X s')")
+    parser.add_argument("--trl-script", default=os.path.join(ROOT, "bench", "trl_grpo_step.py"),
+                        help="TRL timing script (prints 'median of steps 2..N: X s')")
     parser.add_argument("--extra", default="", help="extra train_grpo.py flags, space separated (e.g. --share-prefill 0)")
     args = parser.parse_args()
 
@@ -89,8 +91,8 @@ def main():
         mine.append(ours(model, data, os.path.join(tmp, f"run{i}"), args.steps, env, args.extra.split()))
         print(f"ours run {i}: " + " | ".join(f"{k} {v:.3f}" for k, v in mine[-1].items()), flush=True)
         if args.trl_python:
-            out = run([args.trl_python, args.trl_script, "--load-dir", model, "--steps", str(args.steps)],
-                      dict(env, PYTHONPATH=""))
+            out = run([args.trl_python, args.trl_script, "--load-dir", model, "--data", data,
+                       "--steps", str(args.steps), "--threads", str(args.threads)], dict(env, PYTHONPATH=""))
             theirs.append(float(re.search(r"median of steps 2\.\.\d+: ([\d.]+) s", out).group(1)))
             print(f"TRL  run {i}: time/step {theirs[-1]:.3f}", flush=True)
     split = {k: statistics.median(m[k] for m in mine) for k in mine[0]}

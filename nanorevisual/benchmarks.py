@@ -24,7 +24,8 @@ written (no markers = images before the text). A real record (MathVista testmini
               "source": "SciBench", "task": "textbook question answering", ...}}
 
 Where to get each benchmark, and what `load_benchmark(name, path)` expects to find (image paths in a file
-are resolved against the file's folder, then its `images/` subfolder; parquet exports carry the image bytes):
+are resolved against the file's folder, never the working directory; LogicVista's `imagename`,
+a bare file name, against its `images/` subfolder; parquet exports carry the image bytes):
 
     mathverse   AI4Math/MathVerse, testmini (3940 rows = 788 problems x 5 versions): testmini.json beside the
                 images_version_* folders, or the parquet export. Fields (sample_index, problem_index,
@@ -133,7 +134,8 @@ def _images(row, base_dir, names, required=True):
         if isinstance(value, dict) and not value.get("bytes") and not value.get("path"):
             continue  # an empty HF Image struct: fall through to the path column
         values = value if isinstance(value, list) else [value]
-        return [load_image(v, base_dir, name) for v in values]
+        folder = os.path.join(base_dir, "images") if name == "imagename" else base_dir  # LogicVista
+        return [load_image(v, folder, name) for v in values]
     if required:
         raise ValueError(f"field {names[-1]!r}: missing")
     return []

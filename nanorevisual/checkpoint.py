@@ -6,18 +6,22 @@ Layout of OUT_DIR/step_000400/ (and OUT_DIR/final/):
     meta.json                                                 {"user_config", "step", "stage", "git_commit"}
     resume/                                                   optimizer, scheduler, RNG, counters (step folders)
 
-Every folder is first written as OUT_DIR/.tmp-<name>/ and renamed into place only when complete, so a crash never
-leaves a half-written "latest": `find_last_step` only sees finished folders.
+Every folder is first written as OUT_DIR/.tmp-<name>-<pid>/ and renamed into place only when
+complete, so a crash never leaves a half-written "latest": `find_last_step` only sees finished
+folders. A run owns its OUT_DIR through OUT_DIR/.lock (`claim_out_dir`): no two runs share one.
 
 Under FSDP (docs/pitfalls.md, pitfalls 13 and 16) `save_checkpoint` is collective: the full state dict is gathered to rank 0 on CPU and
 written through a meta-device skeleton's save_pretrained (never save_pretrained on the sharded model), while the
 resume state is saved sharded with torch.distributed.checkpoint, each rank writing its own optimizer shards.
 """
 
+import atexit
+import fcntl
 import json
 import os
 import random
 import shutil
+import socket
 import subprocess
 
 import numpy as np
@@ -61,9 +65,11 @@ def publish(tmp, path):
         shutil.rmtree(old, ignore_errors=True)
 
 
-def temp_dir_for(path):
-    path = os.path.abspath(path)
-    return os.path.join(os.path.dirname(path), f".tmp-{os.path.basename(path)}")
+def temp_dir_for(path, pid=None):
+    """OUT_DIR/.tmp-<name>-<pid>: unique per process, so a temp folder is only ever removed by its
+    own process, or once that process is gone (`claim_out_dir`)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f".tmp-{name}-{pid or os.getpid()}")
 
 
 def save_hf_folder(tmp, model, processor, state_dict=None):
@@ -85,7 +91,7 @@ def save_checkpoint(path, model, processor, meta, *, optimizer=None, extra=None,
     (step, RNG, scheduler, counters)."""
     master = not ddp or torch.distributed.get_rank() == 0
     state_dict = dist.full_state_dict(model) if ddp else None  # collective
-    tmp = temp_dir_for(path)
+    tmp = temp_dir_for(path, dist.all_gather_objects(os.getpid())[0])  # rank 0's pid, every rank
     if master:
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
@@ -140,11 +146,96 @@ RESUMABLE_CHANGES = {"resume", "overwrite", "max_steps", "save_every", "eval_eve
 RUN_FILES = ("final", "metrics.jsonl", "rollouts")
 
 
-def prepare_out_dir(out_dir, *, resume, overwrite, user_config):
+def pid_alive(pid):
+    """Whether process `pid` exists on this host (signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def lock_out_dir(out_dir):
+    """Take the exclusive lock of a folder: an flock on OUT_DIR/.lock, which holds the owner's
+    {"pid", "host"}. The kernel drops an flock when its process ends, however it ends, so the lock
+    of a killed run is free and taken over (with a note); a held lock stops this run in one line
+    naming its holder. Released, file removed, when the process exits (a one-line error too)."""
+    from nanorevisual.common import AT_EXIT, UserError
+    path = os.path.join(out_dir, ".lock")
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = read_lock(fd)
+            os.close(fd)
+            who = f"pid {holder.get('pid')} on {holder.get('host')}"
+            raise UserError(f"{out_dir}: in use by another run ({who}); wait for it to end, or "
+                            "pass another --out-dir") from None
+        if same_file(fd, path):
+            break
+        os.close(fd)  # the owner removed the file between our open and our lock: lock the new one
+    old = read_lock(fd)
+    if old:
+        dist.print0(f"note: {path}: taking over the lock of pid {old.get('pid')} on "
+                    f"{old.get('host')}, which ended without releasing it")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode(), 0)
+
+    def release():
+        if fd in held:
+            held.remove(fd)
+            if same_file(fd, path):
+                os.remove(path)
+            os.close(fd)  # drops the flock
+
+    held = [fd]
+    atexit.register(release)
+    AT_EXIT.append(release)
+    return release
+
+
+def read_lock(fd):
+    try:
+        return json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except ValueError:  # being written by its owner, or not ours
+        return {}
+
+
+def same_file(fd, path):
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def claim_out_dir(out_dir):
+    """Before a run writes anything into OUT_DIR (global rank 0 only): create it, take its lock
+    (lock_out_dir), remove the temp folders of runs killed mid-save. One line if unwritable."""
+    from nanorevisual.common import UserError
+    if int(os.environ.get("RANK", 0)) != 0:
+        return None
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        release = lock_out_dir(out_dir)  # writing the lock file is the write probe
+    except OSError as e:
+        why = "a file of that name exists" if os.path.isfile(out_dir) else e.strerror
+        raise UserError(f"--out-dir {out_dir}: cannot create or write to it ({why})") from None
+    for name in os.listdir(out_dir):
+        pid = name.rsplit("-", 1)[-1]
+        if name.startswith(".tmp-") and pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)  # a killed run's save
+    return release
+
+
+def prepare_out_dir(out_dir, *, resume, overwrite, user_config, total_steps=None):
     """Decide where a run starts, before any model loads. Returns the step folder to resume from, or None.
 
     - resume=1 continues from the newest OUT_DIR/step_* after checking that its meta.json describes the same run
-      (flags in RESUMABLE_CHANGES may differ); with nothing to resume it says so in one line and starts at step 0.
+      (flags in RESUMABLE_CHANGES may differ) and that total_steps does not lie before it; with
+      nothing to resume it says so in one line and starts at step 0.
     - resume=0 refuses a folder that holds another run's checkpoints or metrics (a later --resume would mix the two
       runs), unless overwrite=1, which deletes them first.
     """
@@ -152,7 +243,11 @@ def prepare_out_dir(out_dir, *, resume, overwrite, user_config):
     last = find_last_step(out_dir)
     if resume and last:
         with open(os.path.join(last, "meta.json")) as f:
-            old = json.load(f).get("user_config", {})
+            meta = json.load(f)
+        old, step = meta.get("user_config", {}), meta.get("step", 0)
+        if total_steps is not None and total_steps < step:  # else final/ says 2, holds step 7
+            raise UserError(f"{last}: --max-steps {total_steps} is below the checkpoint's step "
+                            f"{step}; pass --max-steps {step} or more, or a new --out-dir")
         differ = {k: (old.get(k), v) for k, v in user_config.items()
                   if k not in RESUMABLE_CHANGES and k in old and str(old.get(k)) != str(v)}
         if differ:

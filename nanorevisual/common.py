@@ -20,6 +20,10 @@ class MissingPackage(UserError, ImportError):
     """An optional package the user's input needs (pyarrow for parquet, matplotlib for plots) is not installed."""
 
 
+AT_EXIT = []  # run at a one-line error exit too (os._exit skips atexit): the out-dir lock's release
+MAX_NONFINITE_STEPS = 3  # steps in a row skipped for a non-finite gradient norm before a run stops
+
+
 def one_line_errors(parser):
     """Make a script report user errors as one line on stderr and exit 2, before any model loads.
 
@@ -33,6 +37,8 @@ def one_line_errors(parser):
             return default_hook(exc_type, exc, tb)
         if int(os.environ.get("RANK", 0)) == 0:
             print(f"error: {exc}", file=sys.stderr, flush=True)
+        for fn in AT_EXIT:
+            fn()
         os._exit(2)  # also skips torch.distributed's atexit teardown, which would hang without the other ranks
 
     def parser_error(message):
@@ -43,19 +49,85 @@ def one_line_errors(parser):
     parser.error = parser_error
 
 
-def check_flags(args, *, positive=(), non_negative=()):
-    """Refuse sizes and counts that cannot work, naming the flag: `--max-steps must be >= 1, got 0`."""
-    for names, low in ((positive, 1), (non_negative, 0)):
-        for name in names:
-            value = getattr(args, name)
-            if value is not None and value < low:
-                raise UserError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+# The valid values of every numeric flag of the three scripts, as intervals: "[0, 1)" is 0 <= x < 1.
+# An infinite end is allowed only where it is closed ("(-inf, inf]"), so NaN, and inf elsewhere, are
+# refused. Flags left None take a preset: scripts check after the presets are applied.
+FLAG_RULES = {
+    **dict.fromkeys(["max_steps", "batch_size", "grad_accum", "max_length", "log_every", "samples",
+                     "prompts_per_step", "group_size", "max_new_tokens", "generate_batch_seqs",
+                     "micro_batch_size", "ppo_epochs", "eval_samples", "length_budget",
+                     "min_pixels", "max_pixels"], "[1, inf)"),
+    **dict.fromkeys(["save_every", "eval_every", "dump_every", "eval_limit", "limit",
+                     "optim_batch_seqs", "micro_batch_tokens", "max_prompt_length",
+                     "entropy_warmup"], "[0, inf)"),
+    **dict.fromkeys(["instruction", "skip_bad_rows", "grad_checkpointing", "freeze_vision",
+                     "deterministic", "resume", "overwrite", "share_prefill", "gather_for_rollout",
+                     "scale_by_std", "pad_replacement", "meta_samples"], "[0, 1]"),  # 0/1 switches
+    "seed": "[0, 4294967295]",  # numpy's seed range
+    "epochs": "(0, inf)", "lr": "(0, inf)", "clip_grad": "(0, inf)", "weight_decay": "[0, inf)",
+    "adam_beta2": "[0, 1)", "min_lr_ratio": "[0, 1]", "warmup_ratio": "[0, 1]",
+    "temperature": "(0, inf)", "top_p": "(0, 1]",
+    "eval_temperature": "[0, inf)", "eval_top_p": "(0, 1]",
+    "kl_coef": "[0, inf)", "clip_low": "[0, 1)", "clip_high": "[0, inf)", "dual_clip": "(1, inf)",
+    "entropy_coef": "[0, inf)", "entropy_decay": "(0, 1]", "entropy_min": "[0, inf)",
+    "w_accuracy": "[0, inf)", "w_format": "[0, inf)", "w_length": "[0, inf)",
+    "pad_t_low": "[-inf, inf)", "pad_t_high": "(-inf, inf]", "pad_ratio": "(0, inf)",
+    "pad_alpha": "[0, inf)", "pad_tau_start": "(0, inf)", "pad_tau_end": "(0, inf)",
+}
+# rules between two flags, checked when both are set: (first, second, holds, what it means)
+PAIR_RULES = [
+    ("min_pixels", "max_pixels", lambda a, b: a <= b, "must be <="),
+    ("entropy_min", "entropy_coef", lambda a, b: a <= b, "must be <="),
+    ("dual_clip", "clip_high", lambda c, h: c > 1 + h, "must be > 1 +"),
+]
 
 
-def set_seed(seed):
+def in_range(value, rule):
+    """Whether value lies in the interval `rule`, e.g. "[0, 1)"; NaN lies in none."""
+    low, high = (float(end) for end in rule[1:-1].split(","))
+    above = low <= value if rule[0] == "[" else low < value
+    return above and (value <= high if rule[-1] == "]" else value < high)
+
+
+def check_flags(args, **overrides):
+    """Refuse, naming the flag, any numeric flag outside its FLAG_RULES interval (`overrides`: a
+    script's own rules, e.g. eval's temperature 0 = greedy) or breaking a PAIR_RULES rule."""
+    rules = {**FLAG_RULES, **overrides}
+    for name, value in vars(args).items():
+        rule = rules.get(name)
+        if rule and isinstance(value, (int, float)) and not in_range(value, rule):
+            low, bound = rule[1:-1].split(",")[0], f"in {rule}"
+            if rule.endswith(", inf)") and "inf" not in low:  # "> 0 (finite)", not "in (0, inf)"
+                finite = " (finite)" if isinstance(value, float) else ""
+                bound = f"{'>=' if rule[0] == '[' else '>'} {low}{finite}"
+            raise UserError(f"--{name.replace('_', '-')} must be {bound}, got {value}")
+    for first, second, holds, relation in PAIR_RULES:
+        a, b = getattr(args, first, None), getattr(args, second, None)
+        if a is not None and b is not None and not holds(a, b):
+            flags = f"--{first.replace('_', '-')} {relation} --{second.replace('_', '-')}"
+            raise UserError(f"{flags}, got {a} and {b}")
+
+
+def nonfinite_streak(norm, streak):
+    """Consecutive non-finite gradient norms up to this step (their optimizer steps are skipped);
+    a run that keeps getting them has diverged: it stops in one line, not with a broken final/."""
+    streak = 0 if math.isfinite(norm) else streak + 1
+    if streak >= MAX_NONFINITE_STEPS:
+        raise UserError(f"the last {streak} optimizer steps had a non-finite gradient norm "
+                        f"({norm}) and were skipped: the run diverged; lower --lr, or check data")
+    return streak
+
+
+def set_seed(seed, deterministic=False):
+    """Seed every generator; deterministic=True also refuses kernels whose result depends on thread or block
+    timing (CUDA: cuBLAS needs a fixed workspace, set before its first call; docs/pitfalls.md, pitfall 21)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
 
 
 def default_dtype(device, requested="auto"):

@@ -96,6 +96,23 @@ def load_sft_rows(path, skip_bad=False, instruction=INSTRUCTION):
     return load_rows(path, sft_row, skip_bad, instruction)
 
 
+def unique_labels(paths):
+    """A label per held-out file for its metrics: the file stem, or where stems collide, the
+    shortest path suffix that tells them apart (a/val.jsonl, b/val.jsonl -> a-val, b-val)."""
+    stems = [os.path.splitext(os.path.abspath(p))[0].split(os.sep) for p in paths]
+    labels = []
+    for stem in stems:
+        n = 1
+        while n < len(stem) and sum(other[-n:] == stem[-n:] for other in stems) > 1:
+            n += 1
+        labels.append("-".join(stem[-n:]))
+    for i, label in enumerate(labels):
+        if label in labels[:i]:
+            first = paths[labels.index(label)]
+            raise DataError(f"--val-data: {first} and {paths[i]} cannot be told apart (same file?)")
+    return labels
+
+
 def step_indices(num_rows, per_step, step, seed):
     """Row indices of training step `step` (SFT rows or RL prompts): a seeded permutation per epoch cut into blocks of
     per_step, so resume needs only the step number. A dataset smaller than one step wraps around."""

@@ -37,32 +37,52 @@ def read_records(path):
             import pyarrow.parquet as pq
         except ImportError:
             raise MissingPackage(f"{path}: reading parquet needs pyarrow: pip install pyarrow") from None
-        return list(enumerate(pq.read_table(path).to_pylist(), start=1))
-    with open(path, encoding="utf-8-sig") as f:  # utf-8-sig: tolerate a byte-order mark
-        if ext == ".csv":
-            return [(i, dict(row)) for i, row in enumerate(csv.DictReader(f), start=1)]
-        text = f.read()
+        try:
+            return list(enumerate(pq.read_table(path).to_pylist(), start=1))
+        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+            raise DataError(f"{path}: unreadable parquet file ({one_line(e)[:200]})") from None
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8-sig")  # utf-8-sig: tolerate a byte-order mark
+    except UnicodeDecodeError as e:
+        lineno = raw[:e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {raw[e.start]:#04x})") from None
+    if ext == ".csv":
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        try:
+            return [(i, dict(row)) for i, row in enumerate(reader, start=1)]
+        except csv.Error as e:
+            raise DataError(f"{path}:{reader.line_num}: malformed CSV ({e})") from None
     if ext == ".json":
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as e:
             if "Extra data" not in e.msg:  # a .json file holding JSON lines is read as such below
                 raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+        except RecursionError:
+            pass  # read line by line below, which names the line
         else:
             if isinstance(rows, dict) and rows and all(isinstance(v, dict) for v in rows.values()):
                 return [(i, {"_key": key, **row}) for i, (key, row) in enumerate(rows.items(), start=1)]
             if not isinstance(rows, list):
                 raise DataError(f"{path}:1: expected a JSON list of rows or a dict of rows keyed by id")
             return list(enumerate(rows, start=1))
-    records = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append((lineno, json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-    return records
+    lines = enumerate(text.splitlines(), start=1)
+    return [(lineno, json_line(line, path, lineno)) for lineno, line in lines if line.strip()]
+
+
+def one_line(error):
+    return " ".join(str(error).split())
+
+
+def json_line(line, path, lineno):
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
+    except RecursionError:  # e.g. a line of 100000 "["
+        raise DataError(f"{path}:{lineno}: JSON nested too deeply") from None
 
 
 def check_row(row):
@@ -72,8 +92,9 @@ def check_row(row):
 
 
 def load_image(value, base_dir, field="images"):
-    """A path (relative to base_dir or its images/ folder), raw bytes, an HF {"bytes", "path"} dict or a PIL image
-    -> a PIL image or an absolute path, checked now: the file exists and PIL can decode it."""
+    """A path (absolute, or relative to base_dir: the data file's folder, never the working
+    directory), raw bytes, an HF {"bytes", "path"} dict or a PIL image -> a PIL image or an
+    absolute path, checked now: the file exists and decodes in full (verify() skips JPEG data)."""
     if isinstance(value, Image.Image):
         return value
     if isinstance(value, dict):
@@ -88,16 +109,15 @@ def load_image(value, base_dir, field="images"):
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"field '{field}': must hold paths or images, got {type(value).__name__}")
     rel = value.strip()
-    path = next((os.path.abspath(c) for c in (rel, os.path.join(base_dir, rel), os.path.join(base_dir, "images", rel))
-                 if os.path.isfile(c)), None)
-    if path is None:
+    path = os.path.join(base_dir, rel)  # an absolute rel stays itself
+    if not os.path.isfile(path):
         raise ValueError(f"field '{field}': image not found: {rel}")
     try:
         with Image.open(path) as image:
-            image.verify()  # reads the file and checks it decodes, keeps nothing in memory
+            image.load()  # every pixel now: a truncated file fails here, not hours into training
     except Exception as e:
-        raise ValueError(f"field '{field}': undecodable image {rel} ({type(e).__name__})") from None
-    return path
+        raise ValueError(f"field '{field}': undecodable image {rel} ({one_line(e)})") from None
+    return os.path.abspath(path)
 
 
 def open_image(image):

@@ -139,11 +139,13 @@ def shared_prompt_hidden(model, batch):
     prefix = model.model(input_ids=batch["prefix_ids"], attention_mask=batch["prefix_mask"],
                          mm_token_type_ids=batch["prefix_mm_types"], position_ids=batch["prefix_positions"],
                          use_cache=True, **images)
-    first = prefix.last_hidden_state[rows, -1:]  # (B, 1, H) the last prompt position predicts completion token 0
+    # index_select, not x[rows]: the backward of x[rows] adds repeats in a thread-dependent order (pitfall 21)
+    first = prefix.last_hidden_state[:, -1:].index_select(0, rows)  # (B, 1, H) predicts completion token 0
     if T == 1:
         return first
     cache = prefix.past_key_values
-    cache.batch_select_indices(rows)  # (B, ...) one cache row per sequence
+    for layer in cache.layers:  # (B, heads, Pp, d) one cache row per sequence; not batch_select_indices (x[rows])
+        layer.keys, layer.values = layer.keys.index_select(0, rows), layer.values.index_select(0, rows)
     ids = batch["completion_ids"][:, :T - 1]  # (B, T-1) completion tokens as inputs
     mask = torch.cat([batch["prefix_mask"][rows], batch["completion_mask"][:, :T - 1].long()], 1)  # (B, Pp+T-1)
     P = batch["input_ids"].shape[1] - T

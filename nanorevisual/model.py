@@ -10,6 +10,7 @@ by a neutral config (pitfall 7); the sharded build warms up with a forward and b
 exists (pitfall 12) and broadcasts the non-persistent rotary buffers (pitfall 17).
 """
 
+import glob
 import json
 import os
 import re
@@ -25,13 +26,26 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name
 
 
 def check_model_path(path):
-    """The --model value every script accepts, checked before anything loads: "tiny" (built on first use), an HF
-    folder with config.json, or a hub id (owner/name) when the hub can be reached. Returns the path to load."""
+    """The --model value every script accepts, checked before anything loads: "tiny" (built on first
+    use), an HF folder with a Qwen2.5-VL config.json and weight files, or a hub id (owner/name) when
+    the hub can be reached. Returns the path to load."""
     if path == "tiny":
         return toy.ensure_tiny_model()
     if os.path.isdir(path):
         if not os.path.exists(os.path.join(path, "config.json")):
             raise UserError(f"--model {path}: folder has no config.json (expected a Hugging Face checkpoint folder)")
+        try:
+            with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+                model_type = json.load(f).get("model_type")
+        except (OSError, ValueError, AttributeError) as e:  # unreadable, not JSON, not an object
+            why = type(e).__name__
+            raise UserError(f"--model {path}: unreadable config.json ({why})") from None
+        if model_type != "qwen2_5_vl":
+            raise UserError(f"--model {path}: config.json is model_type {model_type!r}; this "
+                            "project trains Qwen2.5-VL checkpoints ('qwen2_5_vl')")
+        weights = ("*.safetensors", "*.bin", "*.index.json")
+        if not any(glob.glob(os.path.join(path, pattern)) for pattern in weights):
+            raise UserError(f"--model {path}: no weight files (*.safetensors, *.bin) in it")
         return path
     if os.path.exists(path):
         raise UserError(f"--model {path}: is a file; expected a checkpoint folder, a hub id or 'tiny'")

@@ -11,7 +11,11 @@ sys.path.insert(0, ROOT)
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 2)))  # the margins run sets 1 and 2
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: launches scripts or torchrun, or runs a study (fast tier: -m 'not slow')")
 
 
 @pytest.fixture(scope="session")

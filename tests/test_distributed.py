@@ -1,9 +1,10 @@
 """torchrun + FSDP2 on CPU (gloo, 2 ranks): parity with one process, sharded checkpoints, resume, empty PAD ranks.
 
-    python -m pytest -q tests/test_distributed.py     # ~2-3 min: each torchrun launch costs ~10 s of start-up
+    python -m pytest -q tests/test_distributed.py     # ~2 min: each torchrun launch costs ~10 s of start-up
 
-One rank means the plain `python script.py` run (no FSDP); two ranks mean `torchrun --nproc_per_node=2`. The same
-global batch must give the same losses and the same updated weights (1e-5).
+One rank means the plain `python script.py` run (no FSDP); two ranks mean `torchrun --nproc_per_node=2`. The
+same global batch gives the same losses and gradients up to the reordering of fp32 sums (relative bounds below);
+a resume on the same rank count repeats the same float operations, so it is compared bit for bit.
 """
 
 import json
@@ -16,12 +17,20 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from parity import SUM_RTOL, equal_trees, rel, rel_norm, within
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")]
+# Adam moves an element by ~lr whatever the size of its gradient, so an element whose gradient cancels to within
+# rounding of 0 may move either way: weights agree norm-wise relative to the update, not element-wise. Measured
+# ~1e-5 (tests/parity_margins.py); a lost micro-batch or a misweighted token flips a large share of the update.
+WEIGHT_RTOL = 1e-3
 
 
 def launch(script, *args, ranks=2, timeout=240):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=ROOT,
+               OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))  # 2 ranks x 1 thread on 2 cores
     if ranks == 1:
         cmd = [sys.executable, os.path.join(ROOT, script), *args]
     else:
@@ -32,10 +41,28 @@ def launch(script, *args, ranks=2, timeout=240):
     return out.stdout
 
 
-def max_weight_diff(a, b):
-    wa, wb = load_file(os.path.join(a, "model.safetensors")), load_file(os.path.join(b, "model.safetensors"))
-    assert wa.keys() == wb.keys()
-    return max((wa[k] - wb[k]).abs().max().item() for k in wa)
+def weights(folder):
+    w = load_file(os.path.join(folder, "model.safetensors"))
+    return [w[k] for k in sorted(w)]
+
+
+def weight_rel(a, b, start):
+    """||w_a - w_b|| / ||w_a - w_start||: the two runs' difference relative to the update itself."""
+    wa, wb, w0 = weights(a), weights(b), weights(start)
+    return rel_norm([x - z for x, z in zip(wa, w0)], [y - z for y, z in zip(wb, w0)])
+
+
+def first_moments(step_dir, tmp):
+    """Adam's exp_avg per parameter from a step folder's resume state: a decayed sum of (1 - beta1) x the clipped
+    gradients, linear in them, so it compares gradients where Adam's division has not bent them."""
+    resume = os.path.join(step_dir, "resume")
+    if os.path.exists(os.path.join(resume, "state.pt")):
+        state = torch.load(os.path.join(resume, "state.pt"), weights_only=False)["optimizer"]["state"]
+        return [state[i]["exp_avg"] for i in sorted(state)]
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    dcp_to_torch_save(resume, os.path.join(tmp, "resume.pt"))  # the sharded state, gathered offline
+    state = torch.load(os.path.join(tmp, "resume.pt"), weights_only=False)["optim"]["state"]
+    return [state[k]["exp_avg"] for k in state]  # parameter order, as the optimizer holds them
 
 
 def train_records(out_dir, key):
@@ -54,7 +81,8 @@ def crash_after(src, dst, step):
 def test_fsdp_generate_logits_and_checkpoint(tmp_path, tiny_dir):
     launch("tests/dist_checks.py", tiny_dir, str(tmp_path))
     checks = json.load(open(tmp_path / "checks.json"))
-    assert checks["logits_max_diff"] == 0.0  # rank 0 read + broadcast == the plain model
+    # exact: the gathered fp32 weights run the plain model's float ops (rank 0 read + broadcast)
+    within("fsdp/logits vs plain", checks["logits_max_diff"], 0.0)
     assert checks["generate_per_token_equal"] and checks["generate_gather_once_equal"]
     assert checks["after_gather_logits_equal"]
     assert checks["reload_logits_equal"]  # written by 2 ranks, reloaded plain: identical logits
@@ -70,18 +98,21 @@ def test_sft_one_vs_two_ranks_and_resume(tmp_path, tiny_dir, toy_dir):
     launch("train_sft.py", *args, "--out-dir", two, ranks=2)
     loss1, loss2 = train_records(one, "train/loss"), train_records(two, "train/loss")
     assert sorted(loss1) == sorted(loss2) == [1, 2, 3]
-    for step in loss1:
-        assert abs(loss1[step] - loss2[step]) < 1e-5, (step, loss1[step], loss2[step])
-    assert max_weight_diff(os.path.join(one, "final"), os.path.join(two, "final")) < 1e-5
+    within("sft/loss 1 vs 2 ranks", max(rel(loss1[k], loss2[k]) for k in loss1), SUM_RTOL)
+    m1, m2 = (first_moments(os.path.join(d, "step_000002"), str(tmp_path)) for d in (one, two))
+    within("sft/adam m 1 vs 2 ranks", rel_norm(m1, m2), SUM_RTOL)
+    within("sft/weights 1 vs 2 ranks", weight_rel(os.path.join(one, "final"), os.path.join(two, "final"), tiny_dir),
+           WEIGHT_RTOL)
     # the 2-rank resume state is sharded (one file per rank, no full optimizer anywhere)
     resume_files = sorted(os.listdir(os.path.join(two, "step_000002", "resume")))
     assert resume_files == [".metadata", "__0_0.distcp", "__1_0.distcp", "extra_rank0.pt", "extra_rank1.pt"]
     crash_after(two, resumed, 2)
     stdout = launch("train_sft.py", *args, "--out-dir", resumed, "--resume", "1", ranks=2)
     assert "at step 2" in stdout
-    assert abs(train_records(resumed, "train/loss")[3] - loss2[3]) < 1e-6
-    assert max_weight_diff(os.path.join(two, "final"), os.path.join(resumed, "final")) < 1e-6
-
+    # exact: the resumed run repeats the same float operations on the same rank count
+    assert train_records(resumed, "train/loss")[3] == loss2[3]
+    within("sft/resume 2 ranks", equal_trees(weights(os.path.join(two, "final")),
+                                             weights(os.path.join(resumed, "final"))), 0.0)
 
 GRPO = ["--max-new-tokens", "6", "--prompts-per-step", "4", "--group-size", "4", "--generate-batch-seqs", "4",
         "--micro-batch-size", "3", "--lr", "1e-3", "--entropy-coef", "0.05", "--entropy-warmup", "0", "--val-data"]
@@ -96,29 +127,34 @@ def test_grpo_trl_one_vs_two_ranks_with_an_empty_pad_rank_and_resume(tmp_path, t
     launch("train_grpo.py", *args, "--out-dir", one, ranks=1)
     launch("train_grpo.py", *args, "--out-dir", two, ranks=2, timeout=180)
     assert train_records(two, "pad/selected") == {1: 1, 2: 1, 3: 1}
-    assert max_weight_diff(os.path.join(one, "final"), os.path.join(two, "final")) < 1e-5
+    within("trl/weights 1 vs 2 ranks", weight_rel(os.path.join(one, "final"), os.path.join(two, "final"), tiny_dir),
+           WEIGHT_RTOL)
     kl1, kl2 = train_records(one, "train/kl"), train_records(two, "train/kl")
     # update 0 has entropy coef 0 (released schedule) and no reward: the policy first moves in step 2
-    assert kl1[3] > 0 and abs(kl1[3] - kl2[3]) < 1e-6
+    assert kl1[3] > 0
+    within("trl/kl 1 vs 2 ranks", rel(kl1[3], kl2[3]), SUM_RTOL)
     crash_after(two, resumed, 1)
     assert "at step 1" in launch("train_grpo.py", *args, "--out-dir", resumed, "--resume", "1", ranks=2)
-    assert max_weight_diff(os.path.join(two, "final"), os.path.join(resumed, "final")) < 1e-6
-
+    within("trl/resume 2 ranks", equal_trees(weights(os.path.join(two, "final")),
+                                             weights(os.path.join(resumed, "final"))), 0.0)  # exact, as for SFT
 
 def test_grpo_mrl_one_vs_two_ranks_uneven_selection(tmp_path, tiny_dir, toy_dir):
     # the released preset samples 1.5 N with replacement: duplicates, and unequal counts on the two ranks; two
     # optimizer steps per rollout step, so old log-probs and clipping come into play
     args = ["--stage", "mrl", "--model", tiny_dir, "--data", os.path.join(toy_dir, "mm_train.jsonl"),
-            "--max-steps", "1", "--pad", "code", "--pad-t-low", "-1", "--pad-weighting", "uniform",
-            "--optim-batch-seqs", "12", *GRPO]
+            "--max-steps", "2", "--save-every", "1", "--pad", "code", "--pad-t-low", "-1",
+            "--pad-weighting", "uniform", "--optim-batch-seqs", "12", *GRPO]
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     launch("train_grpo.py", *args, "--out-dir", one, ranks=1)
     launch("train_grpo.py", *args, "--out-dir", two, ranks=2, timeout=180)
-    assert train_records(two, "pad/selected") == {1: 24} and train_records(two, "train/updates") == {1: 2}
-    assert abs(train_records(one, "train/grad_norm")[1] - train_records(two, "train/grad_norm")[1]) < 1e-5
-    assert abs(train_records(one, "train/ratio_mean")[1] - train_records(two, "train/ratio_mean")[1]) < 1e-6
-    assert max_weight_diff(os.path.join(one, "final"), os.path.join(two, "final")) < 1e-5
-
+    assert train_records(two, "pad/selected")[1] == 24 and train_records(two, "train/updates")[1] == 2
+    for key in ("train/grad_norm", "train/ratio_mean", "train/entropy"):
+        a, b = train_records(one, key), train_records(two, key)
+        within(f"mrl/{key} 1 vs 2 ranks", max(rel(a[k], b[k]) for k in a), SUM_RTOL)
+    m1, m2 = (first_moments(os.path.join(d, "step_000001"), str(tmp_path)) for d in (one, two))
+    within("mrl/adam m 1 vs 2 ranks", rel_norm(m1, m2), SUM_RTOL)
+    within("mrl/weights 1 vs 2 ranks", weight_rel(os.path.join(one, "final"), os.path.join(two, "final"), tiny_dir),
+           WEIGHT_RTOL)
 
 def test_rollouts_on_a_qwen_config_checkpoint_equal_one_process(tmp_path, qwen_dir):
     """The checkpoint's generation_config.json (repetition penalty 1.3, top-k 1) must not reach any rank's sampling:
@@ -137,4 +173,6 @@ def test_rollouts_on_a_qwen_config_checkpoint_equal_one_process(tmp_path, qwen_d
     repeated = generate_rollouts(model, processor, prompts(), suppress_ids=vision_token_ids(processor),
                                  share_prefill=False, **ROLLOUT)  # generate's own G-fold prompt expansion
     assert two["ids"] == [s["completion_ids"].tolist() for s in repeated]
-    assert max(two["worst"]) <= 1e-5, two["worst"]
+    # generate's fp32 scores vs the sharded log-prob forward: other batch shapes, so other GEMM blockings; log-probs
+    # of size <= ~10 carry ~1e-6 of rounding, and a wrong temperature or mask moves them by >= 1e-2
+    within("fsdp/generate scores vs log-prob forward", max(two["worst"]), 1e-5)

@@ -116,6 +116,7 @@ def first_run(tmp_path_factory, tiny_dir, mixed_file):
     return out_dir, out.stdout
 
 
+@pytest.mark.slow
 def test_end_to_end_outputs(first_run):
     out_dir, stdout = first_run
     assert "generating 20 on 1 rank(s)" in stdout
@@ -135,6 +136,7 @@ def test_end_to_end_outputs(first_run):
     assert gold["mc-0"] == "B" and gold["sum-3"] == "6" and gold["img-1"] == "blue"
 
 
+@pytest.mark.slow
 def test_resume_generates_only_missing(first_run, tiny_dir, mixed_file, tmp_path):
     out_dir, _ = first_run
     resumed = str(tmp_path / "resumed")
@@ -157,6 +159,7 @@ def test_resume_generates_only_missing(first_run, tiny_dir, mixed_file, tmp_path
     assert json.load(open(os.path.join(resumed, "results.json")))["mixed10"]["items"] == 10
 
 
+@pytest.mark.slow
 def test_compare_paper_limit_and_guard(first_run, tiny_dir, mixed_file, tmp_path):
     out_dir, _ = first_run
     again = str(tmp_path / "again")
@@ -173,6 +176,7 @@ def test_compare_paper_limit_and_guard(first_run, tiny_dir, mixed_file, tmp_path
 
 
 @pytest.mark.skipif(not __import__("torch").distributed.is_available(), reason="no torch.distributed")
+@pytest.mark.slow
 def test_torchrun_resume_from_rank_files(first_run, tiny_dir, mixed_file, tmp_path):
     """2 CPU ranks (gloo, FSDP2) resume a torchrun crash: half in predictions.jsonl, some in a rank file, 6 missing."""
     out_dir, _ = first_run
@@ -194,6 +198,7 @@ def test_torchrun_resume_from_rank_files(first_run, tiny_dir, mixed_file, tmp_pa
     assert preds[:14] == [json.loads(line) for line in lines[:14]]
 
 
+@pytest.mark.slow
 def test_dynamath_folder_end_to_end(tmp_path, tiny_dir):
     """`dynamath=DIR/` reads every variant file of the downloaded folder and reports worst case beside accuracy."""
     data = tmp_path / "DynaMath" / "data"

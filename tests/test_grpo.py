@@ -1,6 +1,6 @@
 """
-Tests for nanorevisual/grpo.py: group advantages, PAD selection, the policy loss and token log-probs, each
-against a slow, independently written per-element Python reference (or a naive full-vocabulary version).
+Tests for nanorevisual/grpo.py: group advantages, PAD selection and the policy loss, each against a slow,
+independently written per-element Python reference (log-prob tests live in test_logprobs.py).
 Hermetic and CPU-only; runs in a few seconds:
 
     python -m pytest -q tests/test_grpo.py

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from nanorevisual.grpo import PAD_PRESETS, group_advantages, pad_select
-from nanorevisual.pad_explorer import (by_correct_count, expected_picks, inclusion_probabilities, read_dump,
+from studies.pad_explorer import (by_correct_count, expected_picks, inclusion_probabilities, read_dump,
                                        synthetic_batch)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -100,10 +100,11 @@ def write_dump(path, correct, advantages, group_size):
 
 
 def run_explorer(*args):
-    return subprocess.run([sys.executable, "-m", "nanorevisual.pad_explorer", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "studies.pad_explorer", *map(str, args)], capture_output=True,
                           text=True, timeout=300, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
 
 
+@pytest.mark.slow
 def test_command_on_synthetic_batch_and_dump(tmp_path):
     out = tmp_path / "synthetic.png"
     done = run_explorer("--synthetic", 16, 8, 0.17, "--pad", "code", "--out", out)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nanorevisual.pad_study import (add_equal_budget, mean_ci, stagnation_onset, t_quantile, value_at_budget,
+from studies.pad_study import (add_equal_budget, mean_ci, stagnation_onset, t_quantile, value_at_budget,
                                     variant_flags)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -132,12 +132,13 @@ TINY_RUN = "--prompts-per-step 2 --group-size 4 --max-new-tokens 4 --eval-limit 
 
 
 def study(tmp_path, tiny_dir, *args):
-    cmd = [sys.executable, "-m", "nanorevisual.pad_study", "--init", tiny_dir, "--heldout-size", 6,
+    cmd = [sys.executable, "-m", "studies.pad_study", "--init", tiny_dir, "--heldout-size", 6,
            "--data-dir", tmp_path / "data", "--eval-every", 1, "--hist-step", 0, "--extra", TINY_RUN, *args]
     return subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=600, cwd=ROOT,
                           env=dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=ROOT))
 
 
+@pytest.mark.slow
 def test_ablation_smoke_results_plots_and_resume(tmp_path, tiny_dir):
     out = tmp_path / "ablation"
     args = ["--mode", "ablation", "--out-dir", out, "--variants", "none", "code:pad-t-high=inf", "--seeds", 0, 1,
@@ -182,6 +183,7 @@ def test_ablation_smoke_results_plots_and_resume(tmp_path, tiny_dir):
     assert done.returncode == 0 and "1 runs to do (3 of 4 already finished)" in done.stdout
 
 
+@pytest.mark.slow
 def test_map_smoke(tmp_path, tiny_dir):
     out = tmp_path / "map"
     # G = 4 (TINY_RUN): the nonzero |A| are 0.5, 0.87 and 1.5, so t_low 0 and 0.3 keep the same samples; 0.6 does not
@@ -212,7 +214,7 @@ def test_shared_map_cells_select_identically(group_size):
     same samples from any batch (train_grpo.py sees the thresholds only through pad_select and pad/effective)."""
     import torch
     from nanorevisual.grpo import PAD_PRESETS, group_advantages, pad_select
-    from nanorevisual.pad_study import map_cell_groups
+    from studies.pad_study import map_cell_groups
     extra = f"--group-size {group_size}"
     owner = map_cell_groups(["code", "paper"], [0.0, 0.03, 0.1, 0.3, 0.5, 0.8], [0.97, 1.5, math.inf], extra)
     assert len(set(owner.values())) < len(owner)
@@ -234,6 +236,7 @@ def test_shared_map_cells_select_identically(group_size):
     assert len(set(map_cell_groups(["code"], [0.0, 0.3], [math.inf], "--w-length 0.5").values())) == 2
 
 
+@pytest.mark.slow
 def test_stage_order_smoke(tmp_path, tiny_dir):
     out = tmp_path / "stages"
     done = study(tmp_path, tiny_dir, "--mode", "stage-order", "--out-dir", out, "--seeds", 0, 1, "--steps", 1,
@@ -252,6 +255,7 @@ def test_stage_order_smoke(tmp_path, tiny_dir):
     assert (out / "stage_order.png").stat().st_size > 0 and "(stage_order.png)" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_sweep_plan_and_bad_input(tmp_path, tiny_dir):
     done = study(tmp_path, tiny_dir, "--mode", "sweep", "--sweep", "pad-t-low=0.03,0.6", "--out-dir",
                  tmp_path / "sweep", "--plan", 1)

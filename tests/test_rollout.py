@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from parity import TENSOR_RTOL, rel_norm, within
 from nanorevisual.prompts import build_messages, encode_prompts
 from nanorevisual.processor import vision_token_ids
 from nanorevisual.logprobs import completion_logps
@@ -37,9 +38,12 @@ def test_logps_match_generate_scores(tiny_stack, mixed_messages, temperature):
     batch = collate_rollouts(subset, processor.tokenizer.pad_token_id)
     with torch.no_grad():
         logps = completion_logps(model, batch, temperature=temperature, suppress_ids=suppress)  # (B, T)
+    worst = max((logps[i, :s["num_tokens"]] - s["sample_logps"]).abs().max().item() for i, s in enumerate(subset))
+    # generate's fp32 scores vs the log-prob forward: other batch shapes and paddings, so other GEMM blockings;
+    # log-probs of size <= ~10 carry ~1e-6 of rounding, a wrong temperature, mask or position moves them >= 1e-2
+    within(f"rollout/generate scores vs log-prob forward, T={temperature}", worst, 1e-5)
     for i, s in enumerate(subset):
         n = s["num_tokens"]
-        assert torch.allclose(logps[i, :n], s["sample_logps"], atol=1e-5, rtol=0), (i, logps[i, :n], s["sample_logps"])
         assert batch["completion_mask"][i, :n].all() and not batch["completion_mask"][i, n:].any()
     # never a vision special token in a completion (they would crash the training forward)
     assert not any(torch.isin(s["completion_ids"], torch.tensor(suppress)).any() for s in seqs)
@@ -114,7 +118,9 @@ def test_sampling_ignores_checkpoint_generation_defaults(qwen_stack, mixed_messa
     with torch.no_grad():
         logps = completion_logps(model, batch, temperature=1.0, suppress_ids=suppress)  # (B, T)
     worst = max((logps[i, :s["num_tokens"]] - s["sample_logps"]).abs().max().item() for i, s in enumerate(seqs))
-    assert worst <= 1e-5, worst
+    # generate's fp32 scores vs the log-prob forward: other batch shapes and paddings, so other GEMM blockings;
+    # log-probs of size <= ~10 carry ~1e-6 of rounding, a wrong temperature, mask or position moves them >= 1e-2
+    within("rollout/generate scores vs log-prob forward, qwen configs", worst, 1e-5)
     # top-k 1 from the folder would make the G samples of a prompt identical
     assert any(not torch.equal(seqs[2 * i]["completion_ids"], seqs[2 * i + 1]["completion_ids"]) for i in range(4))
 
@@ -162,7 +168,9 @@ def test_shared_prefill_matches_repeated_prompts(tiny_stack, mixed_messages):
     with torch.no_grad():
         logps = completion_logps(model, batch, temperature=1.0, suppress_ids=suppress)  # (B, T)
     worst = max((logps[i, :s["num_tokens"]] - s["sample_logps"]).abs().max().item() for i, s in enumerate(shared))
-    assert worst <= 1e-5, worst
+    # generate's fp32 scores vs the log-prob forward: other batch shapes and paddings, so other GEMM blockings;
+    # log-probs of size <= ~10 carry ~1e-6 of rounding, a wrong temperature, mask or position moves them >= 1e-2
+    within("rollout/shared prefill scores vs log-prob forward", worst, 1e-5)
 
 
 def test_stored_positions_equal_the_models_own(tiny_stack, mixed_messages):
@@ -221,7 +229,9 @@ def test_shared_prompt_forward_equals_whole_rows(tiny_stack, mixed_messages):
         results.append((logps.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
     model.zero_grad(set_to_none=True)
     (shared, g_shared), (rows, g_rows) = results
-    torch.testing.assert_close(shared[mask], rows[mask], rtol=0, atol=1e-5)
+    # the prompt's attention runs in another call and batch shape: log-probs as in the rows above (~1e-6 rounding)
+    within("prompt once/log-probs vs whole rows", (shared[mask] - rows[mask]).abs().max().item(), 1e-5)
     assert g_shared.keys() == g_rows.keys() and any(n.startswith("model.visual") for n in g_rows)
-    for name in g_rows:
-        torch.testing.assert_close(g_shared[name], g_rows[name], rtol=1e-4, atol=1e-5, msg=name)
+    # the G rows' gradients reach the prompt as one sum instead of G: other groupings, norm-wise per tensor
+    within("prompt once/gradients vs whole rows",
+           max(rel_norm([g_rows[n]], [g_shared[n]]) for n in g_rows), TENSOR_RTOL)

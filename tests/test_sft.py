@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import torch
 from transformers import AutoModelForImageTextToText
 
@@ -16,6 +17,7 @@ from nanorevisual.prompts import build_messages, encode_prompts
 from nanorevisual.model import load_model_and_processor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow  # runs of the real script
 
 
 def run_sft(tiny_dir, toy_dir, out_dir, *extra):
@@ -59,8 +61,8 @@ def test_sft_trains_resumes_identically_and_reloads(tmp_path, tiny_dir, toy_dir)
     assert "resumed from" in stdout and "at step 4" in stdout
     train_b, _, records_b = losses(b)
     assert sorted(train_b) == list(range(1, 9))  # no duplicated or missing steps in the log
-    for step in range(5, 9):
-        assert abs(train_b[step] - train_a[step]) < 1e-6, (step, train_a[step], train_b[step])
+    # exact: the resumed run repeats the same float operations (same data order, optimizer and scheduler state)
+    assert [train_b[step] for step in range(5, 9)] == [train_a[step] for step in range(5, 9)]
 
     # final/ reloads through from_pretrained and through the project loader with identical logits
     model_a = AutoModelForImageTextToText.from_pretrained(os.path.join(a, "final"))
@@ -69,4 +71,4 @@ def test_sft_trains_resumes_identically_and_reloads(tmp_path, tiny_dir, toy_dir)
     with torch.no_grad():
         la = model_a(**enc, use_cache=False).logits
         lb = model_b(**enc, use_cache=False).logits
-    assert torch.allclose(la, lb, atol=1e-6, rtol=0)
+    assert torch.equal(la, lb)  # the resumed run's weights are the straight run's, bit for bit

@@ -1,11 +1,11 @@
 """Plots from any run's metrics.jsonl and rollout dumps (matplotlib, imported lazily: pip install matplotlib).
 
-    python -m nanorevisual.plots runs/mrl --out runs/mrl/curves.png            # one run: four panels
-    python -m nanorevisual.plots runs/pad/none runs/pad/paper --out cmp.png     # several runs: reward curves
+    python -m studies.plots runs/mrl --out runs/mrl/curves.png            # one run: four panels
+    python -m studies.plots runs/pad/none runs/pad/paper --out cmp.png     # several runs: reward curves
 
 `plot_run` draws reward, zero-advantage fraction, PAD selection and held-out accuracy over steps; `plot_variants`
 draws one line per variant with the seed spread shaded; `plot_adv_hist` draws |advantage| before and after PAD
-selection from one rollout dump (OUT_DIR/rollouts/step_XXXXXX.jsonl). For nanorevisual/pad_study.py:
+selection from one rollout dump (OUT_DIR/rollouts/step_XXXXXX.jsonl). For studies/pad_study.py:
 `plot_eval_curves` (held-out accuracy against step, training seconds and trained tokens, mean and 95% interval over
 seeds), `plot_series` (a per-step metric, mean over seeds), `plot_heatmap` (a t_low x t_high map) and `plot_stage_order`
 (accuracy per stage chain, one dot per seed).
@@ -17,7 +17,7 @@ import math
 import os
 
 from nanorevisual.common import read_jsonl_records
-from nanorevisual.runs import t_quantile
+from studies.runs import t_quantile
 
 
 def pyplot():

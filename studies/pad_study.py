@@ -1,11 +1,11 @@
 """Paper Tables 3 and 4 in miniature, on the toy: the PAD ablation, a threshold map, a one-knob sweep, the stage order.
 
-    python -m nanorevisual.pad_study --mode ablation      # 6 PAD variants x 5 seeds, 500 held-out images (Table 4)
-    python -m nanorevisual.pad_study --mode map           # t_low x t_high, power (released) and softmax (paper)
-    python -m nanorevisual.pad_study --mode stage-order   # CS->MRL->TRL, CS->TRL->MRL, one stage; 3 seeds (Table 3)
-    python -m nanorevisual.pad_study --mode sweep --sweep pad-t-low=0,0.03,0.3 --base paper
-    python -m nanorevisual.pad_study --mode ablation --task colour-shape    # the harder image task (toy.py)
-    python -m nanorevisual.pad_study --mode map --plan 1                    # list the runs and exit
+    python -m studies.pad_study --mode ablation      # 6 PAD variants x 5 seeds, 500 held-out images (Table 4)
+    python -m studies.pad_study --mode map           # t_low x t_high, power (released) and softmax (paper)
+    python -m studies.pad_study --mode stage-order   # CS->MRL->TRL, CS->TRL->MRL, one stage; 3 seeds (Table 3)
+    python -m studies.pad_study --mode sweep --sweep pad-t-low=0,0.03,0.3 --base paper
+    python -m studies.pad_study --mode ablation --task colour-shape    # the harder image task (toy.py)
+    python -m studies.pad_study --mode map --plan 1                    # list the runs and exit
 
 Every run is the real `train_grpo.py` from one cold start per task (`--init`, default runs/cold_start_<task>/final,
 trained once with train_sft.py and shared by every mode), with the same steps and seeds for every variant. The data
@@ -49,8 +49,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from nanorevisual.common import UserError, one_line_errors
-from nanorevisual.runs import run_script, t_quantile
-from nanorevisual.plots import (load_metrics, plot_adv_hist, plot_eval_curves, plot_heatmap, plot_series,
+from studies.runs import run_script, t_quantile
+from studies.plots import (load_metrics, plot_adv_hist, plot_eval_curves, plot_heatmap, plot_series,
                                 plot_stage_order)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -261,7 +261,7 @@ def variant_study(args, ctx, specs):
         plots.append(plot_adv_hist(dump, os.path.join(out, "adv_hist.png"),
                                    f"|A| at step {args.hist_step}, {first}, seed {args.seeds[0]}"))
         # what the released preset would pick from this real batch (the batch as trained by the first variant)
-        run_script("nanorevisual.pad_explorer", "--dump", dump, "--pad", "code", "--out",
+        run_script("studies.pad_explorer", "--dump", dump, "--pad", "code", "--out",
             os.path.join(out, "pad_explorer_code.png"), log=os.path.join(out, "pad_explorer_code.log"), threads=0)
         plots.append(os.path.join(out, "pad_explorer_code.png"))
     results = {"study": args.mode, "config": ctx["config"], "definitions": DEFINITIONS, "budgets": budgets,
@@ -547,7 +547,7 @@ def main():
                      "eval_every": args.eval_every, "jobs": args.jobs, "threads_per_job": 1,
                      "cpu_count": os.cpu_count(), "machine": platform.platform(), "init": init, "data": data_dir,
                      "extra": args.extra, "git_commit": git_commit(),
-                     "command": "python -m nanorevisual.pad_study " + shlex.join(sys.argv[1:])}
+                     "command": "python -m studies.pad_study " + shlex.join(sys.argv[1:])}
     if args.mode == "map":
         ctx["config"].update(map_presets=args.map_presets, map_t_low=args.map_t_low, map_t_high=args.map_t_high)
         return map_study(args, ctx)

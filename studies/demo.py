@@ -1,7 +1,7 @@
 """The whole ReVisual-R1 recipe in miniature, on CPU, in a few minutes: the README's first command.
 
-    python -m nanorevisual.demo                 # tiny model, toy data, nothing downloaded
-    python -m nanorevisual.demo --out-dir runs/demo --seed 1
+    python -m studies.demo                 # tiny model, toy data, nothing downloaded
+    python -m studies.demo --out-dir runs/demo --seed 1
 
 It only chains the real scripts with real flags (no training code of its own); OUT_DIR is replaced on each run:
     1. train_sft.py                   cold start on text (arithmetic + colour sentences)
@@ -18,7 +18,7 @@ import os
 import shutil
 import time
 
-from nanorevisual.runs import run_script as run
+from studies.runs import run_script as run
 from nanorevisual.toy import ensure_toy_data
 
 
@@ -69,7 +69,7 @@ def main():
               "Greedy accuracy on the held-out sets (mm_val: colour of the shape in a 56x56 image, 200 images, chance "
               "~17%; text_val: the 20 arithmetic pairs held out of the cold start).", "", table, ""]
     try:
-        from nanorevisual.plots import plot_run
+        from studies.plots import plot_run
         for stage in ("mrl", "trl"):
             png = plot_run(os.path.join(out, stage), os.path.join(out, f"{stage}_curves.png"), title=f"{stage} stage")
             report += [f"![{stage} curves]({os.path.basename(png)})", ""]

@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_script(script, *args, log=None, threads=None):
-    """Run one of the project's scripts (train_sft.py, ... or a module such as nanorevisual.pad_explorer) as a user
+    """Run one of the project's scripts (train_sft.py, ... or a module such as studies.pad_explorer) as a user
     would, from the repository root; returns its wall time. Output streams to the terminal, or to the file `log`;
     threads caps torch's CPU threads (several runs share the cores). Raises RuntimeError naming the command and the
     log when it fails."""

@@ -1,8 +1,8 @@
 """PAD explorer: what a PAD setting does to one rollout batch, drawn as one PNG (matplotlib, imported lazily).
 
-    python -m nanorevisual.pad_explorer --synthetic 16 8 0.17 --pad code --out pad_code.png
-    python -m nanorevisual.pad_explorer --dump runs/mrl/rollouts/step_000025.jsonl --pad paper --pad-tau 0.65
-    python -m nanorevisual.pad_explorer --synthetic 16 8 0.17 --pad code --pad-t-high inf   # any --pad-* override
+    python -m studies.pad_explorer --synthetic 16 8 0.17 --pad code --out pad_code.png
+    python -m studies.pad_explorer --dump runs/mrl/rollouts/step_000025.jsonl --pad paper --pad-tau 0.65
+    python -m studies.pad_explorer --synthetic 16 8 0.17 --pad code --pad-t-high inf   # any --pad-* override
 
 The batch is a rollout dump of train_grpo.py (OUT_DIR/rollouts/step_XXXXXX.jsonl: its advantages, and correct =
 reward_accuracy) or a synthetic one: P prompts x G samples, each correct with probability p (binary reward, seeded),
@@ -186,7 +186,7 @@ def describe(cfg, num_seqs):
 
 def draw(correct, advantages, group_size, cfg, out_png, source):
     """The four-panel PNG (see the file docstring); returns the expected picks (N,) of the chosen setting."""
-    from nanorevisual.plots import pyplot
+    from studies.plots import pyplot
     plt = pyplot()
     abs_adv = advantages.abs().double().numpy()  # (N,)
     picks, method = expected_picks(advantages, **cfg)
