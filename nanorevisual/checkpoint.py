@@ -4,7 +4,7 @@ Layout of OUT_DIR/step_000400/ (and OUT_DIR/final/):
     config.json, generation_config.json, model*.safetensors   the policy, hub key names, fp32 (the master weights)
     tokenizer files, processor_config.json, chat_template     the processor
     meta.json                                                 {"user_config", "step", "stage", "git_commit"}
-    resume/                                                   optimizer, scheduler, RNG, counters (step folders)
+    resume/                                                   optimizer, RNG, counters; SFT: scheduler too
 
 Every folder is first written as OUT_DIR/.tmp-<name>-<pid>/ and renamed into place only when
 complete, so a crash never leaves a half-written "latest": `find_last_step` only sees finished

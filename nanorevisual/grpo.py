@@ -90,6 +90,14 @@ def pad_tau(step: int, total_steps: int, tau_start: float = 1.0, tau_end: float 
     return tau_start + (tau_end - tau_start) * progress
 
 
+def entropy_coef(updates: int, coef: float, warmup: int, decay: float = 0.985, minimum: float = 0.0) -> float:
+    """The entropy-bonus coefficient of optimizer update `updates` (from 0), as the released
+    `_anneal_entropy_coef`: 0 for updates 0..warmup, then coef, coef x decay, ..., floored at minimum."""
+    if coef == 0 or updates <= warmup:
+        return 0.0
+    return max(minimum, coef * decay ** (updates - warmup - 1))
+
+
 def pad_distribution(advantages: torch.Tensor, *, t_low: float, t_high: float, ratio: float, weighting: str,
                      tau: float = 1.0, alpha: float = 1.0,
                      replacement: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, int]:
@@ -220,7 +228,7 @@ def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.
 
     # NOTE: masked SUM / num_tokens, where num_tokens counts the tokens of the whole optimizer step (all
     # micro-batches, all ranks). Summing the micro-batch losses then gives one token mean over the step, however
-    # the tokens are spread across micro-batches and ranks (DAPO token mean; Deviations 8).
+    # the tokens are spread across micro-batches and ranks (DAPO token mean; Deviation 5).
     if num_tokens is None:
         num_tokens = mask.sum()  # ()
     if isinstance(num_tokens, torch.Tensor):

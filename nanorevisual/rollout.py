@@ -1,18 +1,18 @@
-"""Rollouts with HF `generate`, and the log-prob forward that re-scores them exactly.
+"""Rollouts with HF `generate`, and the training batch they become.
 
 `generate_rollouts` samples G completions per prompt in micro-batches (bounded KV-cache memory) and returns one
 plain dict per sequence; `collate_rollouts` re-batches any subset of them (PAD picks arbitrary, possibly repeated
-indices) into model inputs; `completion_logps` runs the forward and returns the completion tokens' log-probs.
+indices) into the model inputs that logprobs.completion_logps scores.
 
 Shape legend: see nanorevisual/grpo.py (B sequences, P padded prompt length, T padded completion length, V vocab).
 
 Correctness points (docs/pitfalls.md):
 1. Vision special tokens are suppressed in `generate` and the same -inf mask is applied in the log-prob path
-   (§4); otherwise a sampled <|image_pad|> crashes the training forward.
+   (pitfall 4); otherwise a sampled <|image_pad|> crashes the training forward.
 2. Generation stops on <|im_end|> or <|endoftext|> (as released); the completion mask runs through the first of
    them inclusive (the model must learn to stop), never built from `pad_token_id` (pitfall 8).
 3. The log-prob forward passes `mm_token_type_ids` (prompt types extended with zeros), so M-RoPE positions are
-   those `generate` used (§3).
+   those `generate` used (pitfall 5).
 4. Log-probs are of softmax(logits / temperature), the distribution that was sampled (logprobs.completion_logps).
 """
 

@@ -12,8 +12,8 @@ import statistics
 import pytest
 import torch
 
-from nanorevisual.grpo import (LOG_RATIO_MAX, LOG_RATIO_MIN, PAD_PRESETS, group_advantages, pad_select, pad_tau,
-                               policy_loss)
+from nanorevisual.grpo import (LOG_RATIO_MAX, LOG_RATIO_MIN, PAD_PRESETS, entropy_coef, group_advantages,
+                               pad_select, pad_tau, policy_loss)
 
 INF = float("inf")
 
@@ -293,3 +293,16 @@ def test_pad_presets_and_tau():
     assert pad_tau(50, 101, 1.0, 0.3) == pytest.approx(0.65)
     assert pad_tau(100, 101, 1.0, 0.3) == pytest.approx(0.3)
     assert pad_tau(500, 101) == pytest.approx(0.3)
+
+
+def test_entropy_coef_matches_the_released_schedule_loop():
+    coef, warmup, decay, floor = 0.02, 3, 0.9, 0.012
+    value, want = 0.0, []
+    for update in range(10):  # the released trainer: 0 until the warm-up is over, then decay once per update
+        if update > warmup:
+            value = coef if update == warmup + 1 else max(floor, value * decay)
+        want.append(value)
+    got = [entropy_coef(u, coef, warmup, decay, floor) for u in range(10)]
+    assert got == pytest.approx(want, rel=1e-12)  # the same products in another order: a few ulps
+    assert got[:warmup + 1] == [0.0] * (warmup + 1) and got[warmup + 1] == coef and got[-1] == floor
+    assert entropy_coef(50, 0.0, 0) == 0.0

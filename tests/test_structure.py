@@ -92,3 +92,42 @@ def test_code_points_only_inside_the_repository():
                 continue
             assert any(os.path.exists(os.path.join(ROOT, d, ref)) for d in ("", "docs")), \
                 f"{os.path.relpath(path, ROOT)} points to {ref}"
+
+
+def code_files():
+    return [os.path.join(d, f) for d, _, fs in os.walk(ROOT) for f in fs if f.endswith(".py")
+            and ".git" not in d and "runs" not in d.split(os.sep) and "data" not in d.split(os.sep)]
+
+
+def test_docs_name_only_files_and_functions_that_exist():
+    """Every `path.py` and `module.function` a docs page names is in the repository."""
+    modules = {f[:-3]: os.path.join(d, f) for d in ("nanorevisual", "studies")
+               for f in os.listdir(os.path.join(ROOT, d)) if f.endswith(".py")}
+    for page in sorted(os.listdir(os.path.join(ROOT, "docs"))):
+        if not page.endswith(".md"):
+            continue
+        text = open(os.path.join(ROOT, "docs", page)).read()
+        for path in re.findall(r"`((?:[\w-]+/)*[\w-]+\.(?:py|sh))`", text):
+            if "/" in path and path.split("/")[0] not in os.listdir(ROOT):
+                continue  # the released code's files (verl/..., examples/...)
+            assert any(os.path.exists(os.path.join(ROOT, d, path)) for d in ("", "nanorevisual")), \
+                f"docs/{page} names {path}"
+        for module, name in re.findall(r"`(\w+)\.(\w+)`", text):
+            if module in modules and name not in ("py", "sh"):  # `rollout.py` is a file
+                source = open(os.path.join(ROOT, modules[module])).read()
+                assert re.search(rf"^\s*(def|class) {name}\b|^{name}\s*=", source, re.M), \
+                    f"docs/{page} names {module}.{name}"
+
+
+def test_pitfall_and_deviation_numbers_in_code_resolve():
+    """`pitfall N` points at a numbered entry of docs/pitfalls.md; grpo.py's `Deviation N` at its own list."""
+    pitfalls = len(re.findall(r"^\d+\. ", open(os.path.join(ROOT, "docs", "pitfalls.md")).read(), re.M))
+    for path in code_files():
+        source = open(path).read()
+        for group in re.findall(r"pitfalls? ((?:\d+(?:, | and )?)+)", source):
+            for n in map(int, re.findall(r"\d+", group)):
+                assert 1 <= n <= pitfalls, f"{os.path.relpath(path, ROOT)}: pitfall {n} of {pitfalls}"
+    grpo = open(os.path.join(PACKAGE, "grpo.py")).read()
+    listed = len(re.findall(r"^    \d+\. ", grpo.split('"""')[1], re.M))
+    for n in map(int, re.findall(r"Deviations? (\d+)", grpo)):
+        assert 1 <= n <= listed, f"grpo.py: Deviation {n} of {listed}"
