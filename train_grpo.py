@@ -49,7 +49,8 @@ from nanorevisual.prompts import INSTRUCTION
 from nanorevisual.common import (MetricsLogger, Timer, UserError, autocast, check_flags,
                                  nonfinite_streak, one_line_errors, set_seed, truncate_jsonl)
 from nanorevisual.dist import print0
-from nanorevisual.grpo import PAD_PRESETS, group_advantages, pad_select, pad_tau, policy_loss
+from nanorevisual.grpo import (PAD_PRESETS, entropy_coef, group_advantages, pad_select, pad_tau,
+                               policy_loss)
 from nanorevisual.plan import plan_token_counts, plan_update
 from nanorevisual.model import check_model_path, count_params, is_toy_model, load_policy
 from nanorevisual.processor import load_processor, vision_token_ids
@@ -279,12 +280,9 @@ def stored_logps(local_idx, store, like):
     return out
 
 
-def entropy_coef_now():
-    """The released `_anneal_entropy_coef`: 0 for updates 0..warmup, then coef x decay^k, floored at entropy_min."""
-    if args.entropy_coef == 0 or entropy_updates <= args.entropy_warmup:
-        return 0.0
-    decays = entropy_updates - args.entropy_warmup - 1
-    return max(args.entropy_min, args.entropy_coef * args.entropy_decay ** decays)
+def entropy_coef_now():  # grpo.entropy_coef at this update (the counter the loop advances)
+    return entropy_coef(entropy_updates, args.entropy_coef, args.entropy_warmup, args.entropy_decay,
+                        args.entropy_min)
 
 
 def optimizer_step(micro_batches, old, ref):
@@ -404,7 +402,7 @@ for step in range(start_step, args.max_steps):
 
     # -------- TRAINING SECTION BEGIN --------
     stats = {k: 0.0 for k in ("clip_frac_low", "clip_frac_high", "dual_clip_frac", "ratio_mean", "kl", "entropy", "tokens")}
-    grad_norms, entropy_coef = [], entropy_coef_now()  # the coefficient of this step's first update, for the log
+    grad_norms, coef_logged = [], entropy_coef_now()  # the coefficient of this step's first update, for the log
     with timer("update"):
         for epoch in range(args.ppo_epochs):
             for micro_batches in my_plan:
@@ -437,7 +435,7 @@ for step in range(start_step, args.max_steps):
         "train/updates": len(grad_norms), "train/micro_batches": sum(len(p[0]) for p in plan) * world_size,
         "train/padded_frac": 1 - real_tokens / padded_tokens if padded_tokens else 0.0,
         "train/grad_norm": max(grad_norms) if grad_norms else 0.0, "train/lr": args.lr,
-        "train/entropy_coef": entropy_coef, "train/tokens": trained_tokens,
+        "train/entropy_coef": coef_logged, "train/tokens": trained_tokens,
         **{f"time/{k}": v for k, v in times.items()}, "time/step": time.perf_counter() - t_step})
     record["time/tokens_per_s"] = sums["rollout/len_mean"] / record["time/step"]
     record["time/gen_tokens_per_s"] = sums["rollout/len_mean"] / max(times.get("generate", 0.0), 1e-9)  # all ranks

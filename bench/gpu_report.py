@@ -1,5 +1,6 @@
 """Summary of a bench/gpu_check.sh run: per stage the median step time and its split, generated tokens/s, peak GPU
-memory; the eval table; the static vs dynamic KV cache result.
+memory; the eval table; the static vs dynamic KV cache result; the memory plan's simulated peak of every phase
+next to the same phase run for real (bench/memory_plan.py).
 
     python bench/gpu_report.py runs/gpu_check
 """
@@ -31,6 +32,24 @@ def main(out):
     memory = os.path.join(out, "logps_memory.txt")
     if os.path.exists(memory):
         print("log-prob memory, plain vs chunked LM head:\n" + open(memory).read())
+    memory_plan(out)
+
+
+def memory_plan(out):
+    """bench/memory_plan.py simulated (fake tensors) vs real, phase by phase: live tensor bytes both ways and,
+    on CUDA, torch.cuda.max_memory_allocated over the phase."""
+    paths = [os.path.join(out, f"memory_{kind}.json") for kind in ("sim", "real")]
+    if not all(os.path.exists(p) for p in paths):
+        return
+    sim, real = (json.load(open(p))["rows"] for p in paths)
+    print("memory plan, simulated vs real (MiB per GPU; ratio = simulated / real):")
+    for s, r in zip(sim, real):
+        line = (f"  {s['stage']:4s} {s['phase']:20s} simulated {s['peak'] / 2 ** 20:10,.1f} | real live tensors "
+                f"{r['peak'] / 2 ** 20:10,.1f} ({s['peak'] / r['peak']:.3f})")
+        if "cuda_max_allocated" in r:
+            cuda = r["cuda_max_allocated"]
+            line += f" | cuda max_memory_allocated {cuda / 2 ** 20:10,.1f} ({s['peak'] / cuda:.3f})"
+        print(line)
 
 
 if __name__ == "__main__":
