@@ -1,4 +1,4 @@
-"""Issue 21: nothing lost when runs collide, no silent wrong training, inputs checked first.
+"""Nothing lost when runs collide, no silent wrong training, inputs checked first.
 
     python -m pytest -q tests/test_hardening.py -m "not slow"  # rule table, lock, paths (seconds)
     python -m pytest -q tests/test_hardening.py                # + real runs (~1 min)

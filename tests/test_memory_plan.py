@@ -2,7 +2,7 @@
 
     python -m pytest -q tests/test_memory_plan.py      # ~1 min: one simulation, one 2-rank torchrun launch
 
-The slow test is issue 23's check of the method: the tiny model at world size 2, every phase of every stage
+The slow test checks the method: the tiny model at world size 2, every phase of every stage
 simulated on fake tensors over a fake process group, against the same phases run for real under torchrun (gloo,
 CPU, 2 ranks), both counted as live tensor bytes (the TorchDispatchMode counter). The real run decodes all 64 new
 tokens while the simulation decodes 4 and extends them linearly, so the rollout rows also check that step.
@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 import memory_plan  # noqa: E402
 
-# issue 23 asks for 10%; measured on 2 cores: every phase within 0.001% (the same bytes but for a few hundred,
+# the method must agree within 10%; measured on 2 cores: every phase within 0.001% (the same bytes but for a few hundred,
 # left by generate), so a gap above 10% is a real miss: a tensor counted in one run and not the other
 TOLERANCE = 0.10
 
