@@ -62,7 +62,7 @@ def ours(model, data, out_dir, steps, env, extra):
     """One train_grpo.py run; returns the medians of steps 2..N of time/step and of each phase."""
     run([sys.executable, os.path.join(ROOT, "train_grpo.py"), "--stage", "mrl", "--model", model, "--data", data,
          "--val-data", "--instruction", "0", "--prompts-per-step", "8", "--group-size", "4", "--max-new-tokens", "32",
-         "--pad", "none", "--lr", "1e-5", "--max-steps", str(steps), "--eval-every", "0", "--dump-every", "0",
+         "--pad", "none", "--lr", "1e-5", "--max-steps", str(steps), "--eval-every", "0",
          "--micro-batch-size", "32", "--out-dir", out_dir, "--overwrite", "1", *extra], env)
     with open(os.path.join(out_dir, "metrics.jsonl")) as f:
         records = [r for r in map(json.loads, f) if "time/step" in r][1:]  # steps 2..N
@@ -78,7 +78,7 @@ def main():
     parser.add_argument("--trl-python", default=None, help="python of a venv with trl 1.16 (not this project's)")
     parser.add_argument("--trl-script", default=os.path.join(ROOT, "bench", "trl_grpo_step.py"),
                         help="TRL timing script (prints 'median of steps 2..N: X s')")
-    parser.add_argument("--extra", default="", help="extra train_grpo.py flags, space separated (e.g. --share-prefill 0)")
+    parser.add_argument("--extra", default="", help="extra train_grpo.py flags, space separated (e.g. --micro-batch-size 8)")
     args = parser.parse_args()
 
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1")

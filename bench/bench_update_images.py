@@ -22,10 +22,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from nanorevisual.data import load_rl_rows  # noqa: E402
-from nanorevisual.logprobs import completion_logps  # noqa: E402
+from nanorevisual.logprobs import collate_rollouts, completion_logps, expand_images  # noqa: E402
 from nanorevisual.model import load_model_and_processor  # noqa: E402
 from nanorevisual.processor import vision_token_ids  # noqa: E402
-from nanorevisual.rollout import collate_rollouts, expand_images, generate_rollouts  # noqa: E402
+from nanorevisual.rollout import generate_rollouts  # noqa: E402
 from nanorevisual.toy import ensure_toy_data  # noqa: E402
 
 

@@ -427,7 +427,7 @@ def logprob_pass(env, meter, models, rows):
     """
     from nanorevisual.logprobs import completion_logps
     from nanorevisual.processor import vision_token_ids
-    from nanorevisual.rollout import collate_rollouts
+    from nanorevisual.logprobs import collate_rollouts
     meter.start()
     batch = collate_rollouts(rows, env.processor.tokenizer.pad_token_id)
     for m in models:
@@ -442,7 +442,7 @@ def update(env, meter, model, optimizer, rows, trl):
     from nanorevisual.grpo import policy_loss
     from nanorevisual.logprobs import completion_logps
     from nanorevisual.processor import vision_token_ids
-    from nanorevisual.rollout import collate_rollouts
+    from nanorevisual.logprobs import collate_rollouts
     grads_present(model)
     meter.start()
     batch = collate_rollouts(rows, env.processor.tokenizer.pad_token_id)

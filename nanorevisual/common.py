@@ -55,21 +55,21 @@ def one_line_errors(parser):
 FLAG_RULES = {
     **dict.fromkeys(["max_steps", "batch_size", "grad_accum", "max_length", "log_every", "samples",
                      "prompts_per_step", "group_size", "max_new_tokens", "generate_batch_seqs",
-                     "micro_batch_size", "ppo_epochs", "eval_samples", "length_budget",
+                     "micro_batch_size", "ppo_epochs", "length_budget",
                      "min_pixels", "max_pixels"], "[1, inf)"),
-    **dict.fromkeys(["save_every", "eval_every", "dump_every", "eval_limit", "limit",
+    **dict.fromkeys(["save_every", "eval_every", "eval_limit", "limit",
                      "optim_batch_seqs", "micro_batch_tokens", "max_prompt_length",
                      "entropy_warmup"], "[0, inf)"),
     **dict.fromkeys(["instruction", "skip_bad_rows", "grad_checkpointing", "freeze_vision",
-                     "deterministic", "resume", "overwrite", "share_prefill", "gather_for_rollout",
-                     "scale_by_std", "pad_replacement", "meta_samples"], "[0, 1]"),  # 0/1 switches
+                     "deterministic", "resume", "overwrite", "scale_by_std", "pad_replacement",
+                     "meta_samples"], "[0, 1]"),  # 0/1 switches
     "seed": "[0, 4294967295]",  # numpy's seed range
     "epochs": "(0, inf)", "lr": "(0, inf)", "clip_grad": "(0, inf)", "weight_decay": "[0, inf)",
     "adam_beta2": "[0, 1)", "min_lr_ratio": "[0, 1]", "warmup_ratio": "[0, 1]",
     "temperature": "(0, inf)", "top_p": "(0, 1]",
-    "eval_temperature": "[0, inf)", "eval_top_p": "(0, 1]",
+    "eval_temperature": "[0, inf)",
     "kl_coef": "[0, inf)", "clip_low": "[0, 1)", "clip_high": "[0, inf)", "dual_clip": "(1, inf)",
-    "entropy_coef": "[0, inf)", "entropy_decay": "(0, 1]", "entropy_min": "[0, inf)",
+    "entropy_coef": "[0, inf)",
     "w_accuracy": "[0, inf)", "w_format": "[0, inf)", "w_length": "[0, inf)",
     "pad_t_low": "[-inf, inf)", "pad_t_high": "(-inf, inf]", "pad_ratio": "(0, inf)",
     "pad_alpha": "[0, inf)", "pad_tau_start": "(0, inf)", "pad_tau_end": "(0, inf)",
@@ -77,7 +77,6 @@ FLAG_RULES = {
 # rules between two flags, checked when both are set: (first, second, holds, what it means)
 PAIR_RULES = [
     ("min_pixels", "max_pixels", lambda a, b: a <= b, "must be <="),
-    ("entropy_min", "entropy_coef", lambda a, b: a <= b, "must be <="),
     ("dual_clip", "clip_high", lambda c, h: c > 1 + h, "must be > 1 +"),
 ]
 
@@ -106,6 +105,31 @@ def check_flags(args, **overrides):
         if a is not None and b is not None and not holds(a, b):
             flags = f"--{first.replace('_', '-')} {relation} --{second.replace('_', '-')}"
             raise UserError(f"{flags}, got {a} and {b}")
+
+
+def key_values(flag, items, kinds, rule_prefix):
+    """["t_low=0.1", "weighting=power"] -> {"t_low": 0.1, "weighting": "power"}: a flag that overrides
+    entries of a table. kinds: {key: float, int, bool or a tuple of allowed words}; a number must lie
+    in its FLAG_RULES interval, named rule_prefix + key."""
+    out = {}
+    for item in items:
+        key, _, text = item.partition("=")
+        kind = kinds.get(key)
+        if kind is None or not text:
+            raise UserError(f"{flag} {item}: expected KEY=VALUE with KEY in {', '.join(kinds)}")
+        if isinstance(kind, tuple) and text not in kind:
+            raise UserError(f"{flag} {key} must be one of {', '.join(kind)}, got {text}")
+        if kind is bool and text not in ("0", "1"):
+            raise UserError(f"{flag} {key} must be 0 or 1, got {text}")
+        try:
+            value = text if isinstance(kind, tuple) else bool(int(text)) if kind is bool else kind(text)
+        except ValueError:
+            raise UserError(f"{flag} {key} must be a number, got {text}") from None
+        rule = FLAG_RULES.get(rule_prefix + key)
+        if rule and not isinstance(value, str) and not in_range(value, rule):
+            raise UserError(f"{flag} {key} must be in {rule}, got {text}")
+        out[key] = value
+    return out
 
 
 def nonfinite_streak(norm, streak):

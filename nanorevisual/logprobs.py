@@ -1,27 +1,93 @@
-"""Token log-probs through the model without ever holding a (B, T, V) tensor, forward or backward.
+"""The training batch and its token log-probs, never holding a (B, T, V) tensor forward or backward.
 
-`sequence_logps(model, inputs, targets)` runs the base model to its last hidden states and then, chunk by chunk of
-rows, the LM head, the temperature, the suppressed-token mask, the log-softmax and the gather, inside a
-hand-written torch.autograd.Function (`ChunkedHeadLogps`) whose backward recomputes each chunk's logits and
-accumulates the gradients of the hidden states and of the LM-head weight. At Qwen2.5-VL-7B's vocabulary (152,064)
-the logits of one 8k-token completion are 2.5 GB in fp32, and a plain log_softmax keeps several copies of them
-(bench/bench_logps_memory.py measures both paths).
+`collate_rollouts` turns rollout dicts into the batch; `completion_logps(model, batch)` scores its
+completions (GRPO's old, reference and training log-probs); train_sft.py calls `sequence_logps`.
+The LM head runs chunk by chunk of rows inside `ChunkedHeadLogps`, whose backward recomputes each
+chunk's logits: at the 7B vocabulary one 8k-token completion has 2.5 GB of fp32 logits
+(bench/bench_logps_memory.py). Log-probs are of softmax(logits / temperature) with the vision
+tokens at -inf, the distribution generate sampled (pitfalls 4 and 6).
 
-`completion_logps(model, batch)` is the GRPO call (old, reference and training log-probs of rollout batches);
-train_sft.py uses `sequence_logps` with the labels as targets.
-
-Correctness points (docs/pitfalls.md):
-1. Log-probs are of softmax(logits / temperature) with the suppressed vision tokens at -inf: exactly the
-   distribution generate sampled from (pitfalls 4 and 6). Upcast to fp32 first, then divide, as generate does.
-2. Under FSDP2 the LM-head weight belongs to the root unit, gathered only inside a forward FSDP knows about, so
-   hidden-states-then-head is registered as an FSDP forward method of the model (pitfall 11).
-
-Shape legend: see nanorevisual/grpo.py (B sequences, T target positions, V vocabulary, H hidden size, C rows of a chunk).
+Shapes: B sequences, P prompt and T completion positions, V vocabulary, H hidden size, C chunk rows.
 """
 
 import types
 
 import torch
+
+# --------------------------------------------------------------------------------------------------
+# The training batch
+
+
+def collate_rollouts(seqs, pad_token_id):
+    """Rollout dicts -> the batch: rows [left-padded prompt | completion | right padding].
+
+    input_ids, attention_mask, mm_token_type_ids (B, P+T); position_ids (3, B, P+T): generate's M-RoPE
+    positions; completion_ids, completion_mask (B, T). Images once per prompt: pixel_values,
+    image_grid_thw, and image_index (n_occurrences,) -> distinct image. With a prompt on several rows,
+    each distinct prompt once: prefix_ids, prefix_mask, prefix_mm_types (u, Pp), prefix_positions
+    (3, u, Pp), and row_prompt (B,) (shared_prompt_hidden)."""
+    P = max(s["prompt_ids"].numel() for s in seqs)
+    T = max(max(s["completion_ids"].numel() for s in seqs), 1)
+    B = len(seqs)
+    input_ids = torch.full((B, P + T), pad_token_id, dtype=torch.long)  # (B, P+T)
+    attention_mask = torch.zeros((B, P + T), dtype=torch.long)  # (B, P+T)
+    mm_types = torch.zeros((B, P + T), dtype=torch.long)  # (B, P+T) 1 on image tokens, 0 on text and completion
+    completion_mask = torch.zeros((B, T), dtype=torch.bool)  # (B, T)
+    position_ids = torch.zeros((3, B, P + T), dtype=torch.long)  # (3, B, P+T)
+    pixels, grids, image_index, first_image = [], [], [], {}  # first_image: id(pixel tensor) -> its first image
+    for i, s in enumerate(seqs):
+        lp, lc = s["prompt_ids"].numel(), s["completion_ids"].numel()
+        input_ids[i, P - lp:P] = s["prompt_ids"]
+        mm_types[i, P - lp:P] = s["prompt_mm_types"]
+        input_ids[i, P:P + lc] = s["completion_ids"]
+        attention_mask[i, P - lp:P + lc] = 1
+        completion_mask[i, :lc] = True
+        position_ids[:, i, P - lp:P] = s["prompt_positions"]
+        position_ids[:, i, P:P + lc] = s["prompt_positions"][:, -1:] + torch.arange(1, lc + 1)  # (3, lc) text
+        if s["pixel_values"] is not None:
+            if id(s["pixel_values"]) not in first_image:  # the first sample of this prompt in the batch
+                first_image[id(s["pixel_values"])] = sum(len(g) for g in grids)
+                pixels.append(s["pixel_values"])
+                grids.append(s["image_grid_thw"])
+            first = first_image[id(s["pixel_values"])]
+            image_index.extend(range(first, first + len(s["image_grid_thw"])))
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "mm_token_type_ids": mm_types,
+             "position_ids": position_ids, "completion_ids": input_ids[:, P:], "completion_mask": completion_mask}
+    row_prompt, prompts = [], {}  # id(prompt_ids) -> index of the distinct prompt
+    for s in seqs:
+        row_prompt.append(prompts.setdefault(id(s["prompt_ids"]), len(prompts)))
+    if len(prompts) < B:  # a prompt with several rows: its prefix can run once (in first-row order, as the images)
+        distinct = list({id(s["prompt_ids"]): s for s in seqs}.values())
+        Pp = max(s["prompt_ids"].numel() for s in distinct)
+        batch["prefix_ids"] = torch.full((len(distinct), Pp), pad_token_id, dtype=torch.long)  # (u, Pp)
+        batch["prefix_mask"] = torch.zeros((len(distinct), Pp), dtype=torch.long)  # (u, Pp)
+        batch["prefix_mm_types"] = torch.zeros((len(distinct), Pp), dtype=torch.long)  # (u, Pp)
+        batch["prefix_positions"] = torch.zeros((3, len(distinct), Pp), dtype=torch.long)  # (3, u, Pp)
+        for i, s in enumerate(distinct):
+            lp = s["prompt_ids"].numel()
+            batch["prefix_ids"][i, Pp - lp:] = s["prompt_ids"]
+            batch["prefix_mask"][i, Pp - lp:] = 1
+            batch["prefix_mm_types"][i, Pp - lp:] = s["prompt_mm_types"]
+            batch["prefix_positions"][:, i, Pp - lp:] = s["prompt_positions"]
+        batch["row_prompt"] = torch.tensor(row_prompt)  # (B,)
+    if pixels:
+        batch["pixel_values"] = torch.cat(pixels)  # (n_patches, D) each distinct image once
+        batch["image_grid_thw"] = torch.cat(grids)  # (n_images, 3)
+        batch["image_index"] = torch.tensor(image_index)  # (n_occurrences,) row-order image -> distinct image
+    return batch
+
+
+def expand_images(batch):
+    """The batch's model inputs with every image repeated per occurrence (what a plain HF forward takes)."""
+    grids = batch["image_grid_thw"]  # (n_images, 3)
+    rows = torch.split(batch["pixel_values"], grids.prod(-1).tolist())  # per distinct image
+    index = batch["image_index"].tolist()
+    return {**{k: v for k, v in batch.items() if k not in ("image_index", "row_prompt") and not k.startswith("prefix")},
+            "pixel_values": torch.cat([rows[i] for i in index]), "image_grid_thw": grids[index]}
+
+
+# --------------------------------------------------------------------------------------------------
+# The chunked LM head
 
 CHUNK_BYTES = 128 * 2 ** 20  # fp32 logits per chunk: 220 rows at the 7B vocabulary (152,064), all rows for a tiny one
 
@@ -121,7 +187,7 @@ def _hidden_then_head(model, inputs, targets, temperature, suppress_ids, chunk_r
 def sequence_logps(model, inputs, targets, *, temperature=1.0, suppress_ids=None, chunk_rows=None):
     """Log-probs (B, T) fp32 of `targets`, the last T tokens of inputs["input_ids"] (B, L), under the model.
     inputs: input_ids, attention_mask, mm_token_type_ids (M-RoPE, pitfall 5), pixel_values, image_grid_thw, and
-    image_index when the images are stored once per prompt (rollout.collate_rollouts)."""
+    image_index when the images are stored once per prompt (logprobs.collate_rollouts)."""
     if not hasattr(model, "nr_hidden_then_head"):  # once per model; a no-op for an unsharded model
         from torch.distributed.fsdp import register_fsdp_forward_method
         model.nr_hidden_then_head = types.MethodType(_hidden_then_head, model)
@@ -155,7 +221,7 @@ def shared_prompt_hidden(model, batch):
 
 
 def completion_logps(model, batch, *, temperature=1.0, suppress_ids=None, chunk_rows=None):
-    """Log-probs (B, T) fp32 of batch["completion_ids"] (rollout.collate_rollouts) under the model. Prompts with
+    """Log-probs (B, T) fp32 of batch["completion_ids"] (logprobs.collate_rollouts) under the model. Prompts with
     several rows run once (shared_prompt_hidden) unless the model is FSDP-sharded or gradient-checkpointed (HF's
     checkpointed layers drop the cache in training); otherwise every row runs whole."""
     device = next(model.parameters()).device

@@ -42,7 +42,7 @@ def plan_update(selected: list[int], lengths: list[tuple[int, int]], *, world_si
 
 def plan_token_counts(plan, lengths: list[tuple[int, int]], seqs_per_rank: int) -> tuple[int, int]:
     """(real tokens, padded tokens) over the plan's non-filler micro-batches: a micro-batch is collated to
-    B x (longest prompt + longest completion) positions (rollout.collate_rollouts)."""
+    B x (longest prompt + longest completion) positions (logprobs.collate_rollouts)."""
     real = padded = 0
     for step_plan in plan:
         for rank, micro_batches in enumerate(step_plan):

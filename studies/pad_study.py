@@ -183,15 +183,19 @@ def summarize_variant(runs):
 
 
 def variant_flags(spec):
-    """'code:pad-t-high=inf' -> ['--pad', 'code', '--pad-t-high', 'inf']: a preset, then train_grpo.py flags."""
+    """'code:pad-t-high=inf' -> ['--pad', 'code', '--pad-set', 't_high=inf']: a preset, then
+    train_grpo.py flags; pad-KEY=VALUE knobs become --pad-set KEY=VALUE."""
     preset, *knobs = spec.split(":")
-    flags = ["--pad", preset]
+    flags, pad_set = ["--pad", preset], []
     for knob in knobs:
         name, sep, value = knob.partition("=")
         if not sep or not name:
             raise UserError(f"--variants {spec}: expected PRESET[:FLAG=VALUE]..., e.g. code:pad-t-high=inf")
-        flags += [f"--{name}", value]
-    return flags
+        if name.startswith("pad-"):
+            pad_set.append(f"{name[4:].replace('-', '_')}={value}")
+        else:
+            flags += [f"--{name}", value]
+    return flags + (["--pad-set", *pad_set] if pad_set else [])
 
 
 def folder_name(spec):
@@ -199,7 +203,7 @@ def folder_name(spec):
 
 
 TOY_GROUP_SIZE = 8  # train_grpo.py's toy preset
-REWARD_FLAGS = ("--w-accuracy", "--w-format", "--w-length", "--scale-by-std")
+REWARD_FLAGS = ("--rewards", "--scale-by-std")
 
 
 def binary_reward_band(t_low, t_high, group_size):
@@ -279,8 +283,8 @@ def map_study(args, ctx):
             cells.setdefault(cell, []).append((seed, run_dir))
             if cell == owner[cell]:
                 jobs.append((run_dir, ctx["grpo"]("mrl", ctx["init"]) + [
-                    "--seed", seed, "--max-steps", args.steps, "--pad", preset, "--pad-t-low", t_low,
-                    "--pad-t-high", t_high]))
+                    "--seed", seed, "--max-steps", args.steps, "--pad", preset, "--pad-set", f"t_low={t_low}",
+                    f"t_high={t_high}"]))
     if args.plan:
         return print_plan(jobs, args)
     run_all(jobs, args.jobs)
@@ -532,8 +536,7 @@ def main():
             log=os.path.dirname(init) + ".log", threads=0)
     os.makedirs(args.out_dir, exist_ok=True)
     val = [os.path.join(data_dir, "mm_val.jsonl"), os.path.join(data_dir, "text_val.jsonl")]
-    common = ["--val-data", *val, "--eval-every", args.eval_every, "--dump-every", args.eval_every,
-              "--log-every", 10, *args.extra.split()]
+    common = ["--val-data", *val, "--eval-every", args.eval_every, *args.extra.split()]
     train_file = {"mrl": os.path.join(data_dir, "mm_train.jsonl"), "trl": os.path.join(data_dir, "text_train.jsonl")}
 
     def grpo(stage, model):  # train_grpo.py flags of one stage from one checkpoint

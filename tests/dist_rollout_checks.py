@@ -16,10 +16,10 @@ from PIL import Image
 
 from nanorevisual import dist
 from nanorevisual.prompts import build_messages
-from nanorevisual.logprobs import completion_logps
+from nanorevisual.logprobs import collate_rollouts, completion_logps
 from nanorevisual.model import load_policy
 from nanorevisual.processor import vision_token_ids
-from nanorevisual.rollout import collate_rollouts, generate_rollouts
+from nanorevisual.rollout import generate_rollouts
 
 ROLLOUT = dict(group_size=2, max_new_tokens=12, temperature=1.0, top_p=1.0, micro_batch_size=4, seed=4)
 

@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow
 # graded reward (efficient length) so that a random tiny model still trains; prompt-once and shared prefill on
 GRPO = ["--stage", "mrl", "--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "8",
-        "--w-length", "1", "--length-budget", "6", "--lr", "1e-3", "--eval-every", "0", "--seed", "3"]
+        "--rewards", "accuracy=1", "length=1", "--length-budget", "6", "--lr", "1e-3", "--eval-every", "0", "--seed", "3"]
 
 
 def start(script, *args, threads=2):

@@ -122,7 +122,7 @@ def test_grpo_trl_one_vs_two_ranks_with_an_empty_pad_rank_and_resume(tmp_path, t
     # ratio 1/16 of 16 rollouts: PAD selects exactly one sequence, so one rank trains on nothing and must still
     # run the same forwards (the reference model's and the policy's) as the other, or gloo hangs.
     args = ["--stage", "trl", "--model", tiny_dir, "--data", os.path.join(toy_dir, "text_train.jsonl"),
-            "--max-steps", "3", "--pad", "random", "--pad-ratio", "0.0625", "--save-every", "1", *GRPO]
+            "--max-steps", "3", "--pad", "random", "--pad-set", "ratio=0.0625", "--save-every", "1", *GRPO]
     one, two, resumed = str(tmp_path / "one"), str(tmp_path / "two"), str(tmp_path / "resumed")
     launch("train_grpo.py", *args, "--out-dir", one, ranks=1)
     launch("train_grpo.py", *args, "--out-dir", two, ranks=2, timeout=180)
@@ -142,8 +142,8 @@ def test_grpo_mrl_one_vs_two_ranks_uneven_selection(tmp_path, tiny_dir, toy_dir)
     # the released preset samples 1.5 N with replacement: duplicates, and unequal counts on the two ranks; two
     # optimizer steps per rollout step, so old log-probs and clipping come into play
     args = ["--stage", "mrl", "--model", tiny_dir, "--data", os.path.join(toy_dir, "mm_train.jsonl"),
-            "--max-steps", "2", "--save-every", "1", "--pad", "code", "--pad-t-low", "-1",
-            "--pad-weighting", "uniform", "--optim-batch-seqs", "12", *GRPO]
+            "--max-steps", "2", "--save-every", "1", "--pad", "code", "--pad-set", "t_low=-1",
+            "weighting=uniform", "--optim-batch-seqs", "12", *GRPO]
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     launch("train_grpo.py", *args, "--out-dir", one, ranks=1)
     launch("train_grpo.py", *args, "--out-dir", two, ranks=2, timeout=180)

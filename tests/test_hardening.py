@@ -74,7 +74,7 @@ def test_flag_rules_table():
 @pytest.mark.parametrize("script", ["train_sft.py", "train_grpo.py", "eval.py"])
 def test_every_numeric_flag_has_a_rule(script):
     source = open(os.path.join(ROOT, script)).read()
-    numeric = re.findall(r'add_argument\("--([\w-]+)"[^)]*type=(?:int|float)', source)
+    numeric = re.findall(r'(?:add_argument|add)\("--([\w-]+)"[^)]*type=(?:int|float)', source)
     assert len(numeric) >= 8
     assert [f for f in numeric if f.replace("-", "_") not in FLAG_RULES] == []
 

@@ -103,7 +103,8 @@ def test_completion_logps_through_the_model_matches_full_logits(tiny_stack):
     """The model path (hidden states -> chunked head) equals log_softmax of the model's own full logits."""
     from nanorevisual.prompts import build_messages
     from nanorevisual.processor import vision_token_ids
-    from nanorevisual.rollout import collate_rollouts, expand_images, generate_rollouts
+    from nanorevisual.logprobs import collate_rollouts, expand_images
+    from nanorevisual.rollout import generate_rollouts
     from PIL import Image
 
     model, processor = tiny_stack

@@ -97,9 +97,9 @@ def test_stagnation_onset():
 
 
 def test_variant_flags():
-    assert variant_flags("code:pad-t-high=inf") == ["--pad", "code", "--pad-t-high", "inf"]
-    assert variant_flags("paper:pad-t-low=0.1:pad-ratio=1") == ["--pad", "paper", "--pad-t-low", "0.1",
-                                                                "--pad-ratio", "1"]
+    assert variant_flags("code:pad-t-high=inf") == ["--pad", "code", "--pad-set", "t_high=inf"]
+    assert variant_flags("paper:pad-t-low=0.1:pad-ratio=1:lr=1e-5") == [
+        "--pad", "paper", "--lr", "1e-5", "--pad-set", "t_low=0.1", "ratio=1"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -149,7 +149,7 @@ def test_ablation_smoke_results_plots_and_resume(tmp_path, tiny_dir):
     config = results["config"]
     assert (config["steps"], config["seeds"], config["heldout_size"], config["jobs"], config["threads_per_job"],
             config["task"], config["text_heldout_size"]) == (2, [0, 1], 6, 2, 1, "colour", 20)
-    assert config["variants"]["code:pad-t-high=inf"] == ["--pad", "code", "--pad-t-high", "inf"]
+    assert config["variants"]["code:pad-t-high=inf"] == ["--pad", "code", "--pad-set", "t_high=inf"]
     assert set(results["variants"]) == {"none", "code:pad-t-high=inf"}
     budgets = results["budgets"]
     all_runs = [r for v in results["variants"].values() for r in v["runs"]]
@@ -201,7 +201,7 @@ def test_map_smoke(tmp_path, tiny_dir):
         assert [r["seed"] for r in c["runs"]] == [0, 1] and c["summary"]["final_acc"]["n"] == 2
     for c in (cells[0], cells[2]):
         meta = json.load(open(os.path.join(c["runs"][0]["run_dir"], "final", "meta.json")))
-        assert meta["user_config"]["pad_t_low"] == c["t_low"] and meta["user_config"]["pad"] == "code"
+        assert float(meta["user_config"]["pad_config"]["t_low"]) == c["t_low"] and meta["user_config"]["pad"] == "code"
     with Image.open(out / "map_code.png") as im:
         assert im.size[0] > 300
     report = (out / "report.md").read_text()
@@ -233,7 +233,7 @@ def test_shared_map_cells_select_identically(group_size):
             effective = lambda lo, hi: int(((adv.abs() > lo) & (adv.abs() < hi)).sum())  # noqa: E731
             assert effective(t_low, t_high) == effective(o_low, o_high)
     # a graded reward breaks the equivalence, so the map then runs every cell
-    assert len(set(map_cell_groups(["code"], [0.0, 0.3], [math.inf], "--w-length 0.5").values())) == 2
+    assert len(set(map_cell_groups(["code"], [0.0, 0.3], [math.inf], "--rewards length=0.5").values())) == 2
 
 
 @pytest.mark.slow
@@ -260,7 +260,7 @@ def test_sweep_plan_and_bad_input(tmp_path, tiny_dir):
     done = study(tmp_path, tiny_dir, "--mode", "sweep", "--sweep", "pad-t-low=0.03,0.6", "--out-dir",
                  tmp_path / "sweep", "--plan", 1)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "sweep: 6 runs (6 to do, 1200 training steps)" in done.stdout and "--pad-t-low 0.6" in done.stdout
+    assert "sweep: 6 runs (6 to do, 1200 training steps)" in done.stdout and "t_low=0.6" in done.stdout
     assert not (tmp_path / "sweep" / "results.json").exists()
     done = study(tmp_path, tiny_dir, "--variants", "code:pad-t-high", "--out-dir", tmp_path / "bad")
     assert done.returncode == 2 and done.stderr.strip() == \

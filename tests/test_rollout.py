@@ -10,9 +10,8 @@ from PIL import Image
 from parity import TENSOR_RTOL, rel_norm, within
 from nanorevisual.prompts import build_messages, encode_prompts
 from nanorevisual.processor import vision_token_ids
-from nanorevisual.logprobs import completion_logps
-from nanorevisual.rollout import (collate_rollouts, completion_length, expand_images, generate_rollouts,
-                                  split_pixels)
+from nanorevisual.logprobs import collate_rollouts, completion_logps, expand_images
+from nanorevisual.rollout import completion_length, generate_rollouts, split_pixels
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ def records(out_dir):
 # reward, so "every trainable tensor changed" is a real check of the update path (TRL's smoke test idea).
 SMOKE = ["--max-steps", "2", "--prompts-per-step", "4", "--group-size", "2", "--max-new-tokens", "6",
          "--micro-batch-size", "3", "--pad", "none", "--entropy-coef", "0.05", "--entropy-warmup", "0",
-         "--lr", "1e-3", "--eval-every", "1", "--eval-limit", "4", "--dump-every", "1"]
+         "--lr", "1e-3", "--eval-every", "1", "--eval-limit", "4"]
 
 
 def test_mrl_smoke_changes_every_weight(tmp_path, tiny_dir, toy_dir):
@@ -92,8 +92,8 @@ def test_pad_code_preset_and_resume(tmp_path, tiny_dir, toy_dir):
     out = str(tmp_path / "code")
     common = ["--stage", "mrl", "--model", tiny_dir, "--data", os.path.join(toy_dir, "mm_train.jsonl"),
               "--val-data", "--out-dir", out, "--max-steps", "2", "--prompts-per-step", "4", "--group-size", "4",
-              "--max-new-tokens", "6", "--pad", "code", "--pad-t-low", "-1", "--pad-weighting", "uniform",
-              "--save-every", "1", "--w-length", "1", "--length-budget", "4"]
+              "--max-new-tokens", "6", "--pad", "code", "--pad-set", "t_low=-1", "weighting=uniform",
+              "--save-every", "1", "--rewards", "accuracy=1", "length=1", "--length-budget", "4"]
     stdout = run_grpo(*common)
     assert "'replacement': True" in stdout and "'ratio': 1.5" in stdout  # the released preset, one knob overridden
     recs = [r for r in records(out) if "reward/total" in r]

@@ -17,8 +17,8 @@ from parity import SUM_RTOL, rel_norm, within
 from nanorevisual.grpo import policy_loss
 from nanorevisual.plan import group_micro_batches, plan_token_counts, plan_update
 from nanorevisual.processor import vision_token_ids
-from nanorevisual.logprobs import completion_logps
-from nanorevisual.rollout import collate_rollouts, generate_rollouts
+from nanorevisual.logprobs import collate_rollouts, completion_logps
+from nanorevisual.rollout import generate_rollouts
 
 
 def reference_steps(selected, optim_batch_seqs):
