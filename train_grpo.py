@@ -1,39 +1,36 @@
 """Stages 2 and 3 of ReVisual-R1: GRPO + PAD, multimodal (--stage mrl) then text-only (--stage trl).
 
     python train_grpo.py --stage mrl      # tiny model from runs/sft/final, toy colour task, CPU
-    python train_grpo.py --stage trl      # from runs/mrl/final, toy arithmetic, vision frozen, k3 KL
+    python train_grpo.py --stage trl      # from runs/mrl/final, toy arithmetic, vision frozen
     torchrun --nproc_per_node=8 train_grpo.py --stage mrl --model runs/sft/final --data mmrl.jsonl \
         --val-data mm_val.jsonl --out-dir runs/mrl --grad-checkpointing 1
 
 One step (paper §4.1, Algorithm 1): prompts -> G rollouts each -> rewards -> group advantages ->
-PAD selection -> update plan -> old / reference log-probs -> clipped-surrogate updates. The flag
-defaults are the paper's values; STAGE holds what differs per stage, TOY what the tiny model uses.
-Where this differs from the paper or the released code: docs/paper_notes.md.
+PAD selection -> update plan -> old / reference log-probs -> clipped-surrogate updates. Defaults:
+the paper's values; STAGE: per stage; TOY: the tiny model's. Deviations: docs/paper_notes.md.
 """
 
 import argparse
 import json
 import math
 import os
-import sys
 import time
 
 import torch
-from tqdm import tqdm
 
 from nanorevisual import checkpoint, data, dist, prompts, toy
 from nanorevisual.common import (MetricsLogger, Timer, UserError, autocast, check_flags,
                                  key_values, nonfinite_streak, one_line_errors, set_seed,
                                  truncate_jsonl)
 from nanorevisual.dist import print0
-from nanorevisual.grpo import (PAD_PRESETS, PAD_WEIGHTINGS, entropy_coef, group_advantages,
-                               pad_select, pad_tau, policy_loss)
+from nanorevisual.grpo import (PAD_KNOBS, PAD_PRESETS, entropy_coef, group_advantages, pad_select,
+                               pad_tau, policy_loss)
 from nanorevisual.logprobs import collate_rollouts, completion_logps
 from nanorevisual.model import check_model_path, count_params, is_toy_model, load_policy
 from nanorevisual.plan import plan_token_counts, plan_update
 from nanorevisual.processor import load_processor, vision_token_ids
 from nanorevisual.rewards import COMPONENTS, accuracy_reward, compute_rewards
-from nanorevisual.rollout import generate_rollouts
+from nanorevisual.rollout import generate_rollouts, sampling_kwargs
 
 # -------------------------------------------------------------------------------------------------
 # Configuration: the paper's values (Table 5, the released examples/config.yaml) are the defaults
@@ -110,28 +107,19 @@ parser.set_defaults(**STAGE, **(TOY if is_toy_model(model_path) else {}))
 args = parser.parse_args()  # explicit flags win over STAGE and TOY
 args.model, args.out_dir = model_path, args.out_dir or f"runs/{args.stage}"
 reward_weights = key_values("--rewards", args.rewards, dict.fromkeys(COMPONENTS, float), "w_")
-pad_cfg = {**PAD_PRESETS[args.pad], "tau_start": 1.0, "tau_end": 0.3, "empty": "skip",
-           **key_values("--pad-set", args.pad_set, {"t_low": float, "t_high": float,
-                        "ratio": float, "alpha": float, "tau_start": float, "tau_end": float,
-                        "replacement": bool, "weighting": PAD_WEIGHTINGS, "empty": ("skip", "full")},
-                        "pad_")}  # §4.1.1: τ decays 1.0 -> 0.3; the preset, then --pad-set on top
+pad_cfg = {**PAD_PRESETS[args.pad], "tau_start": 1.0, "tau_end": 0.3, "empty": "skip",  # §4.1.1
+           **key_values("--pad-set", args.pad_set, PAD_KNOBS, "pad_")}  # the preset, then --pad-set
 check_flags(args)  # every numeric flag in its interval (common.FLAG_RULES)
 if not pad_cfg["t_low"] < pad_cfg["t_high"]:
     raise UserError(f"--pad {args.pad}: need t_low < t_high, got {pad_cfg}")
 if args.group_size == 1 and args.scale_by_std:
     raise UserError("--group-size 1: every group-normalised advantage is 0; use G >= 2")
 if is_toy_model(model_path) and (args.data is None or args.val_data is None):
-    toy_dir = toy.ensure_toy_data()
-    first, second = ("mm", "text") if args.stage == "mrl" else ("text", "mm")
-    args.data = args.data or os.path.join(toy_dir, f"{first}_train.jsonl")
-    if args.val_data is None:  # the other task too: retention
-        args.val_data = [os.path.join(toy_dir, f"{t}_val.jsonl") for t in (first, second)]
+    train_file, val_files = toy.rl_files(args.stage)
+    args.data = args.data or train_file
+    args.val_data = val_files if args.val_data is None else args.val_data  # --val-data alone: none
 if not args.data:
     raise UserError("--data is required for a real model (an RL JSONL/JSON/parquet file)")
-# what generate samples from (rollout.sampling_kwargs), nothing from generation_config.json
-sampling = {"temperature": args.temperature, "top_p": args.top_p, "top_k": "off",
-            "repetition_penalty": 1.0, "max_new_tokens": args.max_new_tokens,
-            "eval_temperature": args.eval_temperature, "stop_tokens": ["<|im_end|>", "<|endoftext|>"]}
 user_config = dict(vars(args), pad_config={k: str(v) for k, v in pad_cfg.items()})
 select_cfg = {k: v for k, v in pad_cfg.items() if k not in ("tau", "tau_start", "tau_end", "empty")}
 
@@ -152,18 +140,17 @@ master_process = rank == 0
 set_seed(args.seed, bool(args.deterministic))
 print0(json.dumps(user_config, indent=1, default=str))
 if args.prompts_per_step % world_size:
-    raise UserError(f"--prompts-per-step {args.prompts_per_step} must divide by the world size "
-                    f"{world_size}")
+    raise UserError(f"--prompts-per-step {args.prompts_per_step}: not a multiple of {world_size}")
 G, local_prompts = args.group_size, args.prompts_per_step // world_size
 N_local, N_global = local_prompts * G, args.prompts_per_step * G
 processor = load_processor(args.model, min_pixels=args.min_pixels, max_pixels=args.max_pixels)
 if args.max_prompt_length:
     train_rows, dropped = prompts.filter_long_prompts(processor, train_rows, args.max_prompt_length)
-    print0(f"{args.data}: dropped {dropped} prompts longer than {args.max_prompt_length} tokens")
+    print0(f"{args.data}: dropped {dropped} prompts over {args.max_prompt_length} tokens")
     if not train_rows:
         raise UserError(f"{args.data}: every prompt is longer than --max-prompt-length")
-model, _ = load_policy(resume_dir or args.model, device, ddp, freeze_vision_tower=bool(
-    args.freeze_vision), grad_checkpointing=bool(args.grad_checkpointing))  # §5.1: trl freezes vision
+model, _ = load_policy(resume_dir or args.model, device, ddp, grad_checkpointing=bool(
+    args.grad_checkpointing), freeze_vision_tower=bool(args.freeze_vision))  # §5.1
 print0(f"policy {resume_dir or args.model}: {count_params(model):,} params, "
        f"{count_params(model, True):,} trainable")
 ref_model = None
@@ -171,28 +158,23 @@ if args.kl_coef > 0:  # mrl loads no reference; trl's is the stage's starting ch
     ref_model = load_policy(args.model, device, ddp)[0].requires_grad_(False).eval()
     print0(f"reference {args.model}: frozen, for the k3 KL (coef {args.kl_coef})")
 params = [p for p in model.parameters() if p.requires_grad]
-optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), weight_decay=args.weight_decay)
+optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999),
+                              weight_decay=args.weight_decay)
 suppress_ids, pad_id = vision_token_ids(processor), processor.tokenizer.pad_token_id
 print0(f"{len(train_rows)} train prompts | {args.prompts_per_step} prompts x G {G} = {N_global} "
        f"rollouts/step | {args.max_steps} steps | PAD {args.pad}: {pad_cfg}")
 
 
-def step_prompts(step):
-    """This rank's prompts at `step` (a seeded permutation per epoch: resume needs only the step)."""
-    idx = data.step_indices(len(train_rows), args.prompts_per_step, step, args.seed)
-    return [train_rows[i] for i in idx[rank * local_prompts:(rank + 1) * local_prompts]]
-
-
 def rollouts(rows, *, group_size, temperature, seed, offset):
-    """G samples per prompt with the weights gathered once: no collectives while decoding, so a rank
-    that finishes early stops; seeded per global prompt, the same samples at any world size."""
+    """G samples per prompt, weights gathered once: no collectives while decoding, so a rank that
+    finishes early stops; seeded per global prompt, the same samples at any world size."""
     model.eval()
     with dist.gathered_params(model), autocast(device, ddp):
-        seqs = generate_rollouts(model, processor, [r["messages"] for r in rows],
-                                 group_size=group_size, max_new_tokens=args.max_new_tokens,
-                                 temperature=temperature, top_p=args.top_p, seed=seed,
-                                 micro_batch_size=args.generate_batch_seqs, suppress_ids=suppress_ids,
-                                 prompt_offset=offset, synced_gpus=False if ddp else None)
+        seqs = generate_rollouts(
+            model, processor, [r["messages"] for r in rows], group_size=group_size, seed=seed,
+            max_new_tokens=args.max_new_tokens, temperature=temperature, top_p=args.top_p,
+            micro_batch_size=args.generate_batch_seqs, suppress_ids=suppress_ids,
+            prompt_offset=offset, synced_gpus=False if ddp else None)
     model.train()
     return seqs
 
@@ -202,34 +184,31 @@ def run_eval(step, state):
     t0, record = time.perf_counter(), {"step": step}
     for name, rows in val_sets.items():
         mine = (rows[:args.eval_limit] if args.eval_limit else rows)[rank::world_size]
-        outs = rollouts(mine, group_size=1, temperature=args.eval_temperature, seed=args.seed + 7,
-                        offset=0)
-        correct = sum(accuracy_reward(o["text"], mine[o["prompt_index"]]["answer"]) for o in outs)
-        total = dist.all_reduce_dict({"correct": correct, "count": len(outs)}, device)
-        record[f"eval/{name}/accuracy"] = total["correct"] / max(total["count"], 1)
-    print0(f"step {step:4d} | eval " + " | ".join(f"{k.split('/')[1]} {v:.3f}"
-                                                   for k, v in record.items() if k != "step"))
-    metrics.log({**record, **budget(state), "time/eval_s_cum": state["eval_s"]})
+        outs = rollouts(mine, group_size=1, temperature=args.eval_temperature,
+                        seed=args.seed + 7, offset=0)
+        right = sum(accuracy_reward(o["text"], mine[o["prompt_index"]]["answer"]) for o in outs)
+        total = dist.all_reduce_dict({"right": right, "count": len(outs)}, device)
+        record[f"eval/{name}/accuracy"] = total["right"] / max(total["count"], 1)
+    print0(f"step {step:4d} | eval " + " | ".join(
+        f"{k.split('/')[1]} {v:.3f}" for k, v in record.items() if k != "step"))
+    metrics.log({**record, "time/eval_s_cum": state["eval_s"], "time/train_s_cum": state["train_s"],
+                 "train/tokens_cum": state["tokens"]})  # the budget spent so far
     state["eval_s"] += time.perf_counter() - t0
 
 
-def budget(state):
-    """Training seconds (rollouts, PAD, updates) and trained completion tokens so far."""
-    return {"time/train_s_cum": state["train_s"], "train/tokens_cum": state["tokens"]}
-
-
 def micro_batch_logps(net, seqs, mb):
-    """(B, T) log-probs of `net` for local sequences `mb`; [] is a zero-weight filler (one real
-    sequence, fully masked) that keeps the FSDP collectives in step with the other ranks."""
+    """(B, T) log-probs of `net` and the (B, T) mask for local sequences `mb`; [] is a filler (one
+    sequence, all masked) that keeps the FSDP collectives in step with the other ranks."""
     batch = collate_rollouts([seqs[i] for i in mb] or seqs[:1], pad_id)
     with autocast(device, ddp):
-        logps = completion_logps(net, batch, temperature=args.temperature, suppress_ids=suppress_ids)
-    return logps, batch["completion_mask"].to(device) & bool(mb)  # (B, T), (B, T)
+        logps = completion_logps(net, batch, temperature=args.temperature,
+                                 suppress_ids=suppress_ids)  # (B, T)
+    return logps, batch["completion_mask"].to(device) & bool(mb)
 
 
 @torch.no_grad()
 def stored_logps(net, seqs, my_plan):
-    """{(optimizer step, micro-batch): (B, T) log-probs} of `net`, before any update of this step."""
+    """{(optimizer step, micro-batch): (B, T) log-probs} of `net` before this step's updates."""
     return {(s, m): micro_batch_logps(net, seqs, mb)[0].cpu()
             for s, micro_batches in enumerate(my_plan) for m, mb in enumerate(micro_batches)}
 
@@ -259,18 +238,10 @@ def optimizer_step(seqs, advantages, s, micro_batches, old, ref, coef):
     return totals, norm
 
 
-# the per-step line: (label, metrics key, format)
-LOG_LINE = [("reward", "reward/total", ".3f"), ("acc", "reward/accuracy", ".3f"),
-            ("zero_adv", "grpo/zero_adv_frac", ".2f"), ("pad", "pad/selected", "d"),
-            ("effective", "pad/effective", "d"), ("updates", "train/updates", "d"),
-            ("len", "rollout/len_mean", ".1f"), ("kl", "train/kl", ".4f"),
-            ("gnorm", "train/grad_norm", ".3f"), ("gen_s", "time/generate", ".2f"),
-            ("upd_s", "time/update", ".2f"), ("dt", "time/step", ".2f")]
-
-
-def step_metrics(seqs, totals, components, advantages, global_adv, selected, trained, norms):
-    """The step's metrics record (times and budget are added by the loop): rollout and reward
-    means over all ranks, PAD counts, per-token training means."""
+def step_metrics(seqs, totals, components, advantages, global_adv, selected, plan, lengths,
+                 trained, norms):
+    """The step's record: rollout and reward means over all ranks, PAD counts, per-token training
+    means, the update plan's shape."""
     n_tokens = [s["num_tokens"] for s in seqs]
     sums = dist.all_reduce_dict({
         "reward/total": sum(totals), **{f"reward/{k}": sum(v) for k, v in components.items()},
@@ -278,20 +249,31 @@ def step_metrics(seqs, totals, components, advantages, global_adv, selected, tra
         "grpo/zero_adv_frac": int((advantages == 0).sum()), "count": len(seqs),
         **{f"train/{k}": v for k, v in trained.items()}}, device)
     count, tokens = sums.pop("count"), sums.pop("train/tokens")
-    abs_adv = global_adv.abs()  # (N_global,)
+    abs_adv, (real, padded) = global_adv.abs(), plan_token_counts(plan, lengths, N_local)
+    effective = (abs_adv > pad_cfg["t_low"]) & (abs_adv < pad_cfg["t_high"])  # (N_global,)
     return {**{k: v / (max(tokens, 1) if k.startswith("train/") else count)
                for k, v in sums.items()}, "train/tokens": tokens,
             "rollout/tokens": sums["rollout/len_mean"],  # all ranks
             "rollout/len_max": dist.all_reduce_dict({"m": max(n_tokens)}, device, op="max")["m"],
-            "pad/effective": int(((abs_adv > pad_cfg["t_low"]) & (abs_adv < pad_cfg["t_high"])).sum()),
-            "pad/selected": selected.numel(), "pad/unique": selected.unique().numel(),
-            "pad/adv_abs_selected": float(abs_adv[selected].mean()) if selected.numel() else 0.0,
-            "pad/adv_abs_all": float(abs_adv.mean()), "train/updates": len(norms),
-            "train/grad_norm": max(norms, default=0.0), "train/lr": args.lr}
+            "pad/effective": int(effective.sum()), "pad/selected": selected.numel(),
+            "pad/unique": selected.unique().numel(), "pad/adv_abs_all": float(abs_adv.mean()),
+            "pad/adv_abs_selected": float(abs_adv[selected].mean()) if len(selected) else 0.0,
+            "train/updates": len(norms), "train/grad_norm": max(norms, default=0.0),
+            "train/micro_batches": sum(len(p[0]) for p in plan) * world_size,
+            "train/padded_frac": 1 - real / padded if padded else 0.0, "train/lr": args.lr}
+
+
+LOG_LINE = [  # the per-step line: (label, metrics key, format)
+    ("reward", "reward/total", ".3f"), ("acc", "reward/accuracy", ".3f"),
+    ("zero_adv", "grpo/zero_adv_frac", ".2f"), ("pad", "pad/selected", "d"),
+    ("effective", "pad/effective", "d"), ("updates", "train/updates", "d"),
+    ("len", "rollout/len_mean", ".1f"), ("kl", "train/kl", ".4f"),
+    ("gnorm", "train/grad_norm", ".3f"),
+    ("gen_s", "time/generate", ".2f"), ("upd_s", "time/update", ".2f"), ("dt", "time/step", ".2f")]
 
 
 def dump_rollouts(step, rows, seqs, totals, components, advantages, selected):
-    """OUT_DIR/rollouts/step_XXXXXX.jsonl: every rollout of the step, with its reward and selection."""
+    """OUT_DIR/rollouts/step_XXXXXX.jsonl: every rollout of the step, its reward and selection."""
     mine = [i - rank * N_local for i in selected.tolist() if i // N_local == rank]
     dump = [{"prompt_id": rows[s["prompt_index"]]["id"], "completion": s["text"],
              "answer": rows[s["prompt_index"]]["answer"], "reward": totals[i],
@@ -307,8 +289,8 @@ def dump_rollouts(step, rows, seqs, totals, components, advantages, selected):
 
 def save(name, state):
     """Collective under FSDP. step_* folders carry the resume state; final/ is the next stage's."""
-    meta = {"user_config": user_config, "sampling": sampling, "step": state["step"],
-            "stage": args.stage}
+    meta = {"user_config": user_config, "step": state["step"], "stage": args.stage,
+            "sampling": sampling_kwargs(args.temperature, args.top_p)}  # all generate gets
     checkpoint.save_checkpoint(os.path.join(args.out_dir, name), model, processor, meta,
                                optimizer=None if name == "final" else optimizer, ddp=ddp,
                                extra={"rng": checkpoint.rng_state(), "state": dict(state)})
@@ -331,8 +313,6 @@ metrics = MetricsLogger(args.out_dir, enabled=master_process)
 # Training loop
 timer = Timer(sync_cuda=device.type == "cuda")
 model.train()
-pbar = tqdm(total=args.max_steps, initial=state["step"], desc=args.stage,
-            disable=not (master_process and sys.stderr.isatty()))  # terminals only
 for step in range(state["step"], args.max_steps):
     evaluating = bool(args.eval_every) and step % args.eval_every == 0
     if evaluating and val_sets:
@@ -340,7 +320,8 @@ for step in range(state["step"], args.max_steps):
     t_step = time.perf_counter()
 
     # ---- 1. rollouts: G samples per prompt (paper §4.1, Algorithm 1 input)
-    rows = step_prompts(step)
+    order = data.step_indices(len(train_rows), args.prompts_per_step, step, args.seed)  # resumable
+    rows = [train_rows[i] for i in order[rank * local_prompts:(rank + 1) * local_prompts]]
     with timer("generate"):
         seqs = rollouts(rows, group_size=G, temperature=args.temperature,
                         seed=args.seed * 1_000_003 + step, offset=rank * local_prompts)
@@ -355,8 +336,8 @@ for step in range(state["step"], args.max_steps):
     # ---- 3. PAD over the global batch (§4.1.1, Algorithm 1): one generator seed on every rank
     global_adv = torch.cat([torch.as_tensor(a) for a in dist.all_gather_objects(advantages)])
     tau = pad_tau(step, args.max_steps, pad_cfg["tau_start"], pad_cfg["tau_end"])
-    selected = pad_select(global_adv, **select_cfg, tau=tau, generator=torch.Generator()
-                          .manual_seed(args.seed * 7919 + step))  # (k,) indices into (N_global,)
+    generator = torch.Generator().manual_seed(args.seed * 7919 + step)
+    selected = pad_select(global_adv, **select_cfg, tau=tau, generator=generator)  # (k,) global
     if selected.numel() == 0:
         state["pad_empty_steps"] += 1
         if pad_cfg["empty"] == "full":
@@ -366,11 +347,12 @@ for step in range(state["step"], args.max_steps):
     lengths = [n for part in dist.all_gather_objects(
         [(s["prompt_ids"].numel(), s["num_tokens"]) for s in seqs]) for n in part]
     plan = plan_update(selected.tolist(), lengths, world_size=world_size, seqs_per_rank=N_local,
-                       optim_batch_seqs=args.optim_batch_seqs, micro_batch_size=args.micro_batch_size,
+                       micro_batch_size=args.micro_batch_size,
+                       optim_batch_seqs=args.optim_batch_seqs,
                        micro_batch_tokens=args.micro_batch_tokens)
     my_plan = [step_plan[rank] for step_plan in plan]  # [optimizer step][micro-batch] -> local idx
 
-    # ---- 5. old log-probs (when the policy moves within the step) and reference log-probs
+    # ---- 5. old log-probs (if the policy moves within the step), reference log-probs (trl)
     with timer("logprobs"):
         old = stored_logps(model, seqs, my_plan) if args.ppo_epochs * len(plan) > 1 else {}
         ref = stored_logps(ref_model, seqs, my_plan) if ref_model else {}
@@ -392,31 +374,26 @@ for step in range(state["step"], args.max_steps):
 
     # ---- 6. metrics (named sums over ranks), the step line, rollout dumps, checkpoints
     record = {"step": step + 1, **step_metrics(seqs, totals, components, advantages, global_adv,
-                                               selected, trained, norms)}
-    real, padded = plan_token_counts(plan, lengths, N_local)
-    record.update({f"time/{k}": v for k, v in timer.pop().items()},
-                  **{"time/step": time.perf_counter() - t_step, "train/entropy_coef": first_coef,
-                     "train/micro_batches": sum(len(p[0]) for p in plan) * world_size,
-                     "train/padded_frac": 1 - real / padded if padded else 0.0,
-                     "pad/empty_steps": state["pad_empty_steps"],
-                     "pad/tau": tau if pad_cfg["weighting"] == "softmax" else None})
+                                               selected, plan, lengths, trained, norms),
+              **{f"time/{k}": v for k, v in timer.pop().items()}, "train/entropy_coef": first_coef,
+              "time/step": time.perf_counter() - t_step, "pad/tau": tau if pad_cfg["weighting"]
+              == "softmax" else None, "pad/empty_steps": state["pad_empty_steps"]}
     record["time/tokens_per_s"] = record["rollout/tokens"] / record["time/step"]
     record["time/gen_tokens_per_s"] = record["rollout/tokens"] / max(record["time/generate"], 1e-9)
     if device.type == "cuda":
         record["gpu/peak_gb"] = torch.cuda.max_memory_allocated(device) / 1e9  # this rank
-    state["train_s"] += record["time/step"]
-    state["tokens"] += record["train/tokens"]
+    state["train_s"] += record["time/step"]  # training seconds: rollouts, PAD, updates
+    state["tokens"] += record["train/tokens"]  # trained completion tokens
     state["step"] = step + 1
-    metrics.log({**record, **budget(state)})
-    pbar.update(1)
+    metrics.log({**record, "time/train_s_cum": state["train_s"],
+                 "train/tokens_cum": state["tokens"]})
     print0(f"step {step + 1:4d}/{args.max_steps} | " + " | ".join(
-        f"{label} {record.get(key, 0.0):{fmt}}" for label, key, fmt in LOG_LINE))
+        f"{label} {record[key]:{fmt}}" for label, key, fmt in LOG_LINE))
     if evaluating:
         dump_rollouts(step, rows, seqs, totals, components, advantages, selected)
     if args.save_every and state["step"] % args.save_every == 0 and state["step"] < args.max_steps:
         save(f"step_{state['step']:06d}", state)
 
-pbar.close()
 if val_sets:
     run_eval(args.max_steps, state)
 save("final", state)

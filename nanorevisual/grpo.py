@@ -83,6 +83,11 @@ PAD_PRESETS: dict[str, dict] = {
 }
 
 
+# the keys --pad-set may override (train_grpo.py), with their kinds; tau_* and empty are the script's
+PAD_KNOBS = {"t_low": float, "t_high": float, "ratio": float, "alpha": float, "replacement": bool,
+             "weighting": PAD_WEIGHTINGS, "tau_start": float, "tau_end": float, "empty": ("skip", "full")}
+
+
 def pad_tau(step: int, total_steps: int, tau_start: float = 1.0, tau_end: float = 0.3) -> float:
     """PAD softmax temperature, decayed linearly (ReVisual-R1 §4.1.1: "typically ... from 1.0 to 0.3").
     Steps count from 0: step 0 -> tau_start, step total_steps-1 (and later) -> tau_end."""

@@ -170,6 +170,14 @@ def make_toy_data(out_dir, seed=0, num_sft=4000, num_mm_train=2000, num_mm_val=2
         f.write(str(seed))
 
 
+def rl_files(stage, out_dir="data/toy"):
+    """The toy RL files of a train_grpo.py stage: (train file, [its val file, the other task's])."""
+    toy_dir = ensure_toy_data(out_dir)
+    first, second = ("mm", "text") if stage == "mrl" else ("text", "mm")
+    return (os.path.join(toy_dir, f"{first}_train.jsonl"),
+            [os.path.join(toy_dir, f"{t}_val.jsonl") for t in (first, second)])
+
+
 def ensure_toy_data(out_dir="data/toy", **kwargs):
     """Build the toy set on first use (kwargs: make_toy_data's). Several processes (torchrun ranks) may race here:
     each builds into its own temp folder and renames it into place; the first rename wins, the others discard theirs."""
