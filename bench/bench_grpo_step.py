@@ -3,7 +3,7 @@
     python bench/bench_grpo_step.py                                   # this project only: phase split, median step
     python bench/bench_grpo_step.py --trl-python VENV/bin/python      # and the ratio to TRL
 
-The step (TRL's benchmark configuration): the project's tiny model from a fresh `nanorevisual.tiny` build, 8 prompts
+The step (TRL's benchmark configuration): the project's tiny model from a fresh `nanorevisual.toy --model-out` build, 8 prompts
 per step x G 4 = 32 completions of at most 32 new tokens, temperature 1, lr 1e-5, no KL, no PAD (`--pad none`: every
 completion is generated and trained on), one optimizer step per rollout step, 2 torch threads. Every step holds 4
 image prompts (a 56x56 grey image with a 32x32 square of one colour, "What colour is the square? Put the answer in
@@ -84,7 +84,7 @@ def main():
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1")
     tmp = tempfile.mkdtemp(prefix="bench_grpo_")
     model = os.path.join(tmp, "tiny")
-    run([sys.executable, "-m", "nanorevisual.tiny", "--out", model], env)
+    run([sys.executable, "-m", "nanorevisual.toy", "--model-out", model], env)
     data = write_prompts(os.path.join(tmp, "data"))
     mine, theirs = [], []
     for i in range(args.repeats):

@@ -31,7 +31,7 @@ else
 fi
 RUN="python -m torch.distributed.run --standalone --nproc_per_node=1"
 rm -rf "$OUT" && mkdir -p "$OUT"
-python -m nanorevisual.tiny --out "$OUT/model" $SHAPE
+python -m nanorevisual.toy --model-out "$OUT/model" $SHAPE
 python -m nanorevisual.toy --out "$OUT/data" > /dev/null
 D=$OUT/data
 $RUN train_sft.py --model "$OUT/model" --data $D/sft_train.jsonl --val-data $D/sft_val.jsonl --out-dir "$OUT/sft" \

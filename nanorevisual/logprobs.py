@@ -14,27 +14,27 @@ import types
 
 import torch
 
-# --------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # The training batch
 
 
 def collate_rollouts(seqs, pad_token_id):
     """Rollout dicts -> the batch: rows [left-padded prompt | completion | right padding].
 
-    input_ids, attention_mask, mm_token_type_ids (B, P+T); position_ids (3, B, P+T): generate's M-RoPE
-    positions; completion_ids, completion_mask (B, T). Images once per prompt: pixel_values,
-    image_grid_thw, and image_index (n_occurrences,) -> distinct image. With a prompt on several rows,
-    each distinct prompt once: prefix_ids, prefix_mask, prefix_mm_types (u, Pp), prefix_positions
-    (3, u, Pp), and row_prompt (B,) (shared_prompt_hidden)."""
+    input_ids, attention_mask, mm_token_type_ids (B, P+T); position_ids (3, B, P+T): generate's
+    M-RoPE positions; completion_ids, completion_mask (B, T). Images once per prompt: pixel_values,
+    image_grid_thw, and image_index (n_occurrences,) -> distinct image. With a prompt on several
+    rows, each distinct prompt once: prefix_ids, prefix_mask, prefix_mm_types (u, Pp),
+    prefix_positions (3, u, Pp), and row_prompt (B,) (shared_prompt_hidden)."""
     P = max(s["prompt_ids"].numel() for s in seqs)
     T = max(max(s["completion_ids"].numel() for s in seqs), 1)
     B = len(seqs)
     input_ids = torch.full((B, P + T), pad_token_id, dtype=torch.long)  # (B, P+T)
     attention_mask = torch.zeros((B, P + T), dtype=torch.long)  # (B, P+T)
-    mm_types = torch.zeros((B, P + T), dtype=torch.long)  # (B, P+T) 1 on image tokens, 0 on text and completion
+    mm_types = torch.zeros((B, P + T), dtype=torch.long)  # (B, P+T) 1 on image tokens
     completion_mask = torch.zeros((B, T), dtype=torch.bool)  # (B, T)
     position_ids = torch.zeros((3, B, P + T), dtype=torch.long)  # (3, B, P+T)
-    pixels, grids, image_index, first_image = [], [], [], {}  # first_image: id(pixel tensor) -> its first image
+    pixels, grids, image_index, first_image = [], [], [], {}  # id(pixel tensor) -> first image
     for i, s in enumerate(seqs):
         lp, lc = s["prompt_ids"].numel(), s["completion_ids"].numel()
         input_ids[i, P - lp:P] = s["prompt_ids"]
@@ -43,26 +43,28 @@ def collate_rollouts(seqs, pad_token_id):
         attention_mask[i, P - lp:P + lc] = 1
         completion_mask[i, :lc] = True
         position_ids[:, i, P - lp:P] = s["prompt_positions"]
-        position_ids[:, i, P:P + lc] = s["prompt_positions"][:, -1:] + torch.arange(1, lc + 1)  # (3, lc) text
+        text = s["prompt_positions"][:, -1:] + torch.arange(1, lc + 1)  # (3, lc)
+        position_ids[:, i, P:P + lc] = text
         if s["pixel_values"] is not None:
-            if id(s["pixel_values"]) not in first_image:  # the first sample of this prompt in the batch
+            if id(s["pixel_values"]) not in first_image:  # this prompt's first sample here
                 first_image[id(s["pixel_values"])] = sum(len(g) for g in grids)
                 pixels.append(s["pixel_values"])
                 grids.append(s["image_grid_thw"])
             first = first_image[id(s["pixel_values"])]
             image_index.extend(range(first, first + len(s["image_grid_thw"])))
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "mm_token_type_ids": mm_types,
-             "position_ids": position_ids, "completion_ids": input_ids[:, P:], "completion_mask": completion_mask}
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
+             "mm_token_type_ids": mm_types, "completion_ids": input_ids[:, P:],
+             "completion_mask": completion_mask}
     row_prompt, prompts = [], {}  # id(prompt_ids) -> index of the distinct prompt
     for s in seqs:
         row_prompt.append(prompts.setdefault(id(s["prompt_ids"]), len(prompts)))
-    if len(prompts) < B:  # a prompt with several rows: its prefix can run once (in first-row order, as the images)
+    if len(prompts) < B:  # a prompt on several rows: its prefix runs once, in first-row order
         distinct = list({id(s["prompt_ids"]): s for s in seqs}.values())
-        Pp = max(s["prompt_ids"].numel() for s in distinct)
-        batch["prefix_ids"] = torch.full((len(distinct), Pp), pad_token_id, dtype=torch.long)  # (u, Pp)
-        batch["prefix_mask"] = torch.zeros((len(distinct), Pp), dtype=torch.long)  # (u, Pp)
-        batch["prefix_mm_types"] = torch.zeros((len(distinct), Pp), dtype=torch.long)  # (u, Pp)
-        batch["prefix_positions"] = torch.zeros((3, len(distinct), Pp), dtype=torch.long)  # (3, u, Pp)
+        u, Pp = len(distinct), max(s["prompt_ids"].numel() for s in distinct)
+        batch["prefix_ids"] = torch.full((u, Pp), pad_token_id, dtype=torch.long)  # (u, Pp)
+        batch["prefix_mask"] = torch.zeros((u, Pp), dtype=torch.long)  # (u, Pp)
+        batch["prefix_mm_types"] = torch.zeros((u, Pp), dtype=torch.long)  # (u, Pp)
+        batch["prefix_positions"] = torch.zeros((3, u, Pp), dtype=torch.long)  # (3, u, Pp)
         for i, s in enumerate(distinct):
             lp = s["prompt_ids"].numel()
             batch["prefix_ids"][i, Pp - lp:] = s["prompt_ids"]
@@ -73,41 +75,41 @@ def collate_rollouts(seqs, pad_token_id):
     if pixels:
         batch["pixel_values"] = torch.cat(pixels)  # (n_patches, D) each distinct image once
         batch["image_grid_thw"] = torch.cat(grids)  # (n_images, 3)
-        batch["image_index"] = torch.tensor(image_index)  # (n_occurrences,) row-order image -> distinct image
+        batch["image_index"] = torch.tensor(image_index)  # (n_occurrences,) -> distinct image
     return batch
 
 
 def expand_images(batch):
-    """The batch's model inputs with every image repeated per occurrence (what a plain HF forward takes)."""
+    """The batch's model inputs with each image repeated per occurrence (a plain HF forward's)."""
     grids = batch["image_grid_thw"]  # (n_images, 3)
     rows = torch.split(batch["pixel_values"], grids.prod(-1).tolist())  # per distinct image
     index = batch["image_index"].tolist()
-    return {**{k: v for k, v in batch.items() if k not in ("image_index", "row_prompt") and not k.startswith("prefix")},
-            "pixel_values": torch.cat([rows[i] for i in index]), "image_grid_thw": grids[index]}
+    plain = {k: v for k, v in batch.items()
+             if k not in ("image_index", "row_prompt") and not k.startswith("prefix")}
+    return {**plain, "pixel_values": torch.cat([rows[i] for i in index]),
+            "image_grid_thw": grids[index]}
 
 
-# --------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # The chunked LM head
 
-CHUNK_BYTES = 128 * 2 ** 20  # fp32 logits per chunk: 220 rows at the 7B vocabulary (152,064), all rows for a tiny one
+CHUNK_BYTES = 128 * 2 ** 20  # fp32 logits per chunk: 220 rows at the 7B vocabulary (152,064)
 
 
 def chunk_rows_for(vocab_size):
-    """Rows per chunk so that one chunk's fp32 logits take about CHUNK_BYTES (a few such buffers live at once)."""
+    """Rows per chunk so that one chunk's fp32 logits take about CHUNK_BYTES."""
     return max(1, CHUNK_BYTES // (4 * vocab_size))
 
 
 class ChunkedHeadLogps(torch.autograd.Function):
     """log softmax(hidden @ weight.T / temperature)[target] per row, one chunk of rows at a time.
-
-    hidden (N, H), weight (V, H), targets (N,) long, suppress (S,) long or None -> (N,) fp32.
-    Forward keeps only the inputs and the per-row log-normaliser (N,); backward recomputes a chunk's logits, turns
-    them into d logp / d logits = (onehot(target) - softmax) / temperature times the incoming gradient, and adds that
-    chunk's share to d hidden (C, H) and d weight (V, H). The weight gradient accumulates in the weight's dtype."""
+    hidden (N, H), weight (V, H), targets (N,), suppress (S,) or None -> (N,) fp32. Forward keeps
+    the per-row log-normaliser; backward recomputes each chunk's logits, turns them into
+    (onehot(target) - softmax) / temperature and adds the chunk's share to d hidden and d weight."""
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, temperature, suppress, chunk_rows):
-        w = weight.to(hidden.dtype)  # (V, H) one copy at most (fp32 master weights under single-GPU autocast)
+        w = weight.to(hidden.dtype)  # (V, H) one copy at most (fp32 master weights under autocast)
         acc = torch.promote_types(hidden.dtype, torch.float32)  # fp32 (fp64 only in gradcheck)
         out = torch.empty(hidden.shape[0], dtype=acc, device=hidden.device)  # (N,)
         log_norm = torch.empty_like(out)  # (N,)
@@ -130,12 +132,12 @@ class ChunkedHeadLogps(torch.autograd.Function):
             rows = slice(start, start + ctx.chunk_rows)
             go = grad_out[rows].to(log_norm.dtype)  # (C,)
             grad_logits = _scaled_logits(hidden[rows], w, ctx.temperature, suppress)  # (C, V) fp32
-            grad_logits.sub_(log_norm[rows, None]).exp_().mul_(-go[:, None])  # (C, V) -softmax * go, in place
-            grad_logits.scatter_add_(1, targets[rows, None], go[:, None])  # (C, V) + onehot(target) * go
+            grad_logits.sub_(log_norm[rows, None]).exp_().mul_(-go[:, None])  # (C, V) -softmax * go
+            grad_logits.scatter_add_(1, targets[rows, None], go[:, None])  # (C, V) + onehot * go
             grad_logits.div_(ctx.temperature)  # (C, V) d loss / d raw logits
             if suppress is not None:
-                grad_logits.index_fill_(1, suppress, 0.0)  # (C, V) masked logits are constants: no gradient
-            grad_logits = grad_logits.to(weight.dtype)  # (C, V) one low-precision copy for both products
+                grad_logits.index_fill_(1, suppress, 0.0)  # (C, V) masked logits: constants
+            grad_logits = grad_logits.to(weight.dtype)  # (C, V) one copy for both products
             if grad_hidden is not None:
                 grad_hidden[rows] = (grad_logits.to(w.dtype) @ w).to(hidden.dtype)  # (C, H)
             if grad_weight is not None:
@@ -144,94 +146,99 @@ class ChunkedHeadLogps(torch.autograd.Function):
 
 
 def _scaled_logits(hidden_rows, w, temperature, suppress):
-    """(C, H) @ (H, V) -> fp32 logits / temperature with suppressed ids at -inf, the distribution generate samples."""
-    logits = (hidden_rows @ w.t()).to(torch.promote_types(hidden_rows.dtype, torch.float32))  # (C, V) fp32
+    """(C, H) @ (H, V) -> fp32 logits / temperature, suppressed ids at -inf: generate's."""
+    logits = (hidden_rows @ w.t()).to(torch.promote_types(hidden_rows.dtype, torch.float32))
     if temperature != 1.0:
         logits.div_(temperature)
     if suppress is not None:
         logits.index_fill_(1, suppress, float("-inf"))  # as HF's SuppressTokensLogitsProcessor
-    return logits
+    return logits  # (C, V)
 
 
 def head_logps(hidden, weight, targets, *, temperature=1.0, suppress_ids=None, chunk_rows=None):
-    """(B, T, H) hidden states, (V, H) LM-head weight, (B, T) targets -> (B, T) fp32 log-probs, chunked
-    (chunk_rows None: chunk_rows_for the vocabulary)."""
+    """(B, T, H) hidden states, (V, H) LM-head weight, (B, T) targets -> (B, T) fp32 log-probs."""
     B, T, H = hidden.shape
     chunk_rows = chunk_rows or chunk_rows_for(weight.shape[0])
     suppress = None
     if suppress_ids is not None and len(suppress_ids) > 0:
         suppress = torch.as_tensor(suppress_ids, dtype=torch.long, device=hidden.device)  # (S,)
-    flat = ChunkedHeadLogps.apply(hidden.reshape(B * T, H), weight, targets.reshape(B * T), float(temperature),
-                                  suppress, chunk_rows)  # (B*T,)
+    flat = ChunkedHeadLogps.apply(hidden.reshape(B * T, H), weight, targets.reshape(B * T),
+                                  float(temperature), suppress, chunk_rows)  # (B*T,)
     return flat.view(B, T)  # (B, T)
 
 
+# -------------------------------------------------------------------------------------------------
+# The forwards
+
+
 def _hidden_then_head(model, inputs, targets, temperature, suppress_ids, chunk_rows):
-    """The base model's last hidden states at the T positions that predict `targets`, then the chunked head.
-    Registered as an FSDP forward method (module docstring, point 2): the root unit unshards before it and its
-    gradients are reduce-scattered after backward like any other."""
+    """The last hidden states at the T positions that predict `targets`, then the chunked head.
+    An FSDP forward method: the root unit (LM head, embeddings) unshards around it (pitfall 11)."""
     T = targets.shape[1]
-    if "image_index" in inputs:  # each distinct image through the vision tower once, one copy per use (pitfall 19)
+    if "image_index" in inputs:  # each distinct image through the vision tower once (pitfall 19)
         inputs = dict(inputs)
         index = inputs.pop("image_index").tolist()
-        images = model.model.get_image_features(inputs.pop("pixel_values"), inputs.pop("image_grid_thw"),
-                                                return_dict=True)
-        images.pooler_output = tuple(images.pooler_output[i] for i in index)  # (tokens_i, H) per occurrence
+        images = model.model.get_image_features(inputs.pop("pixel_values"),
+                                                inputs.pop("image_grid_thw"), return_dict=True)
+        images.pooler_output = tuple(images.pooler_output[i] for i in index)  # per occurrence
         inputs["mm_encoder_outputs"] = {"image": images}
     hidden = model.model(**inputs, use_cache=False).last_hidden_state  # (B, L, H)
     hidden = hidden[:, hidden.shape[1] - T - 1:-1]  # (B, T, H) position t predicts token t + 1
-    return head_logps(hidden, model.lm_head.weight, targets, temperature=temperature, suppress_ids=suppress_ids,
-                      chunk_rows=chunk_rows)
+    return head_logps(hidden, model.lm_head.weight, targets, temperature=temperature,
+                      suppress_ids=suppress_ids, chunk_rows=chunk_rows)
 
 
 def sequence_logps(model, inputs, targets, *, temperature=1.0, suppress_ids=None, chunk_rows=None):
-    """Log-probs (B, T) fp32 of `targets`, the last T tokens of inputs["input_ids"] (B, L), under the model.
-    inputs: input_ids, attention_mask, mm_token_type_ids (M-RoPE, pitfall 5), pixel_values, image_grid_thw, and
-    image_index when the images are stored once per prompt (logprobs.collate_rollouts)."""
-    if not hasattr(model, "nr_hidden_then_head"):  # once per model; a no-op for an unsharded model
+    """(B, T) fp32 log-probs of `targets`, the last T tokens of inputs["input_ids"] (B, L). inputs:
+    input_ids, attention_mask, mm_token_type_ids (M-RoPE, pitfall 5), position_ids, images."""
+    if not hasattr(model, "nr_hidden_then_head"):  # once per model; a no-op if unsharded
         from torch.distributed.fsdp import register_fsdp_forward_method
         model.nr_hidden_then_head = types.MethodType(_hidden_then_head, model)
         register_fsdp_forward_method(model, "nr_hidden_then_head")
-    return model.nr_hidden_then_head(inputs, targets, temperature if temperature > 0 else 1.0, suppress_ids,
-                                     chunk_rows)
+    return model.nr_hidden_then_head(inputs, targets, temperature if temperature > 0 else 1.0,
+                                     suppress_ids, chunk_rows)
 
 
 def shared_prompt_hidden(model, batch):
-    """Last hidden states (B, T, H) at the positions that predict batch["completion_ids"] (B, T), each distinct prompt
-    run once: its forward keeps a KV cache, the cache rows are picked per sequence (row_prompt), and the completions
-    run against them. Gradients flow through the picked rows into the shared prompt forward (pitfall 20)."""
+    """(B, T, H) last hidden states predicting batch["completion_ids"], each distinct prompt run
+    once: its KV cache rows are picked per sequence (row_prompt) and the completions run against
+    them; gradients flow back into the shared prompt forward (pitfall 20)."""
     rows, T = batch["row_prompt"], batch["completion_ids"].shape[1]  # (B,)
-    images = {k: batch[k] for k in ("pixel_values", "image_grid_thw") if k in batch}  # distinct images, prompt order
+    images = {k: batch[k] for k in ("pixel_values", "image_grid_thw") if k in batch}
     prefix = model.model(input_ids=batch["prefix_ids"], attention_mask=batch["prefix_mask"],
-                         mm_token_type_ids=batch["prefix_mm_types"], position_ids=batch["prefix_positions"],
-                         use_cache=True, **images)
-    # index_select, not x[rows]: the backward of x[rows] adds repeats in a thread-dependent order (pitfall 21)
-    first = prefix.last_hidden_state[:, -1:].index_select(0, rows)  # (B, 1, H) predicts completion token 0
+                         mm_token_type_ids=batch["prefix_mm_types"], use_cache=True,
+                         position_ids=batch["prefix_positions"], **images)
+    # index_select: x[rows]'s backward adds repeats in a thread-dependent order (pitfall 21)
+    first = prefix.last_hidden_state[:, -1:].index_select(0, rows)  # (B, 1, H) predicts token 0
     if T == 1:
         return first
     cache = prefix.past_key_values
-    for layer in cache.layers:  # (B, heads, Pp, d) one cache row per sequence; not batch_select_indices (x[rows])
-        layer.keys, layer.values = layer.keys.index_select(0, rows), layer.values.index_select(0, rows)
+    for layer in cache.layers:  # (B, heads, Pp, d): a row per sequence (not batch_select_indices)
+        layer.keys = layer.keys.index_select(0, rows)
+        layer.values = layer.values.index_select(0, rows)
     ids = batch["completion_ids"][:, :T - 1]  # (B, T-1) completion tokens as inputs
-    mask = torch.cat([batch["prefix_mask"][rows], batch["completion_mask"][:, :T - 1].long()], 1)  # (B, Pp+T-1)
+    mask = torch.cat([batch["prefix_mask"][rows], batch["completion_mask"][:, :T - 1].long()], 1)
     P = batch["input_ids"].shape[1] - T
     rest = model.model(input_ids=ids, attention_mask=mask, mm_token_type_ids=torch.zeros_like(ids),
-                       position_ids=batch["position_ids"][:, :, P:P + T - 1], past_key_values=cache, use_cache=True)
+                       position_ids=batch["position_ids"][:, :, P:P + T - 1],
+                       past_key_values=cache, use_cache=True)
     return torch.cat([first, rest.last_hidden_state], 1)  # (B, T, H)
 
 
 def completion_logps(model, batch, *, temperature=1.0, suppress_ids=None, chunk_rows=None):
-    """Log-probs (B, T) fp32 of batch["completion_ids"] (logprobs.collate_rollouts) under the model. Prompts with
-    several rows run once (shared_prompt_hidden) unless the model is FSDP-sharded or gradient-checkpointed (HF's
+    """(B, T) fp32 log-probs of batch["completion_ids"] under the model. A prompt on several rows
+    runs once (shared_prompt_hidden) unless the model is FSDP-sharded or checkpointed (HF's
     checkpointed layers drop the cache in training); otherwise every row runs whole."""
     device = next(model.parameters()).device
     from torch.distributed.fsdp import FSDPModule
-    if "row_prompt" in batch and not model.is_activation_checkpointing and not isinstance(model, FSDPModule):
+    sharded = isinstance(model, FSDPModule)
+    if "row_prompt" in batch and not model.is_activation_checkpointing and not sharded:
         batch = {k: v.to(device) for k, v in batch.items()}
-        return head_logps(shared_prompt_hidden(model, batch), model.lm_head.weight, batch["completion_ids"],
-                          temperature=temperature if temperature > 0 else 1.0, suppress_ids=suppress_ids,
-                          chunk_rows=chunk_rows)
-    inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "mm_token_type_ids", "position_ids",
-                                                "pixel_values", "image_grid_thw", "image_index") if k in batch}
-    return sequence_logps(model, inputs, batch["completion_ids"].to(device), temperature=temperature,
-                          suppress_ids=suppress_ids, chunk_rows=chunk_rows)
+        return head_logps(shared_prompt_hidden(model, batch), model.lm_head.weight,
+                          batch["completion_ids"], suppress_ids=suppress_ids, chunk_rows=chunk_rows,
+                          temperature=temperature if temperature > 0 else 1.0)
+    keys = ("input_ids", "attention_mask", "mm_token_type_ids", "position_ids", "pixel_values",
+            "image_grid_thw", "image_index")
+    inputs = {k: batch[k].to(device) for k in keys if k in batch}
+    return sequence_logps(model, inputs, batch["completion_ids"].to(device),
+                          temperature=temperature, suppress_ids=suppress_ids, chunk_rows=chunk_rows)

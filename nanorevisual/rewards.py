@@ -1,23 +1,11 @@
-"""The rewards of ReVisual-R1 GRPO (paper §2.1, §4.1.2): accuracy of the last \\boxed{} answer, a format check, and
-the efficient-length reward of eq. 5-6. Strings and token counts in, floats out: every rank scores its own rollouts.
+"""The rewards of ReVisual-R1 GRPO (paper §2.1, §4.1.2): strings and token counts in, floats out.
 
-One real example (gold answer "7", length budget 1024, the completion is 20 tokens long):
-
-    completion = "<think>3+4=7</think> \\boxed{7}"
-    accuracy_reward(completion, "7")  -> 1.0   the last \\boxed{} holds "7", which grades equal to "7" (grader.py)
-    format_reward(completion)         -> 1.0   one non-empty <think> block, then a non-empty \\boxed{} after it
+    completion = "<think>3+4=7</think> \\boxed{7}"       # gold "7", 20 tokens, budget 1024
+    accuracy_reward(completion, "7")  -> 1.0   the last \\boxed{} grades equal to "7" (grader.py)
+    format_reward(completion)         -> 1.0   one non-empty think block, then a non-empty box
     length_reward(20, budget=1024)    -> 1.0   clip(0.005 * (1024 - 20) + 0.5, 0, 1)
-    compute_rewards([completion], ["7"], [20], weights={"accuracy": 1.0, "format": 0.5}, length_budget=1024)
-        -> ([1.5], {"accuracy": [1.0], "format": [1.0], "length": [1.0]})
 
-Deviations from the paper / released code (examples/reward_function/math.py):
-    1. The released reward adds three 0.05-weighted heuristics (self-critique keywords, image revisits, a repetition
-       penalty) that the paper does not describe; they are not implemented. The total is the weighted sum of the
-       components named in `weights` (train_grpo.py: --w-accuracy, --w-format, --w-length).
-    2. `format_reward` is stricter than the released `<think>.*</think>.*\\boxed{.*}.*` regex (computed there with
-       weight 0): exactly one pair of think tags at the start, non-empty thinking, a non-empty box after </think>;
-       duplicated tags and empty answers are the reward hacks this guards against.
-    3. The answer checker is our own (grader.py), not MathRuler + sympy; grader.py lists how it differs.
+train_grpo.py's --rewards NAME=WEIGHT picks the weighted sum (docs/paper_notes.md §8, Deviation 8).
 """
 
 from nanorevisual.grader import extract_boxed, grade
@@ -26,7 +14,7 @@ COMPONENTS = ("accuracy", "format", "length")
 
 
 def accuracy_reward(completion: str, gold: str) -> float:
-    """1.0 if the last \\boxed{} answer grades equal to gold, else 0.0 (paper §2.1: rule-based accuracy reward)."""
+    """1.0 if the last \\boxed{} answer grades equal to gold, else 0.0 (§2.1, rule-based)."""
     answer = extract_boxed(completion)
     return 1.0 if answer is not None and grade(answer, gold) else 0.0
 
@@ -48,11 +36,12 @@ def length_reward(num_tokens: int, budget: int, alpha: float = 0.005, delta: flo
 
 
 def compute_rewards(completions: list[str], golds: list[str], num_tokens: list[int], *,
-                    weights: dict[str, float], length_budget: int) -> tuple[list[float], dict[str, list[float]]]:
-    """Weighted total per completion, plus every component (all three, for logging, even at weight 0)."""
+                    weights: dict[str, float],
+                    length_budget: int) -> tuple[list[float], dict[str, list[float]]]:
+    """(weighted total per completion, every component's scores, also those at weight 0)."""
     unknown = [k for k in weights if k not in COMPONENTS]
     if unknown:
-        raise ValueError(f"unknown reward component(s) {', '.join(map(repr, unknown))}; expected {COMPONENTS}")
+        raise ValueError(f"unknown reward component(s) {unknown}; expected {COMPONENTS}")
     if not len(completions) == len(golds) == len(num_tokens):
         raise ValueError(f"length mismatch: {len(completions)} completions, {len(golds)} golds, "
                          f"{len(num_tokens)} token counts")
@@ -61,5 +50,6 @@ def compute_rewards(completions: list[str], golds: list[str], num_tokens: list[i
         "format": [format_reward(c) for c in completions],
         "length": [length_reward(n, length_budget) for n in num_tokens],
     }
-    totals = [sum(w * components[k][i] for k, w in weights.items()) for i in range(len(completions))]
+    totals = [sum(w * components[k][i] for k, w in weights.items())
+              for i in range(len(completions))]
     return totals, components

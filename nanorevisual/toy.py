@@ -1,6 +1,7 @@
 """Toy data so every default runs on 2 CPU cores: a text cold-start set and two RL tasks, plus the tiny model.
 
     python -m nanorevisual.toy --out data/toy      # writes the files below in ~2 s, deterministically
+    python -m nanorevisual.toy --model-out runs/tiny-model    # the tiny model (also built on first use)
 
 Files (all in the project's own formats, see nanorevisual/data.py):
     sft_train.jsonl / sft_val.jsonl   cold start, text only: {"problem", "response"}
@@ -217,11 +218,23 @@ def ensure_tiny_model(out_dir=TINY_MODEL_DIR):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="Write the toy SFT / RL / eval files.")
-    parser.add_argument("--out", default="data/toy", help="output folder")
-    parser.add_argument("--seed", type=int, default=0, help="data seed")
-    parser.add_argument("--task", choices=TASKS, default="colour", help="image task: the colour, or colour and shape")
+    parser = argparse.ArgumentParser(description="Write the toy files, or (--model-out) the tiny model")
+    parser.add_argument("--out", default="data/toy", help="output folder of the data")
+    parser.add_argument("--seed", type=int, default=0, help="data seed, or the model's init seed")
+    parser.add_argument("--task", choices=TASKS, default="colour", help="colour, or colour-shape")
     parser.add_argument("--mm-val-size", type=int, default=200, help="held-out images")
+    parser.add_argument("--model-out", default=None, help="write the tiny model there instead")
+    # other shapes, e.g. bench/gpu_check.sh's: --hidden 1024 --layers 8 --heads 16 --kv-heads 4
+    # --vision-hidden 1280 --vision-depth 4 --vision-heads 16 --vocab-size 152064 (the 7B vocabulary)
+    shape_flags = {"hidden": 128, "layers": 4, "heads": 4, "kv-heads": 2, "vision-hidden": 64,
+                   "vision-depth": 2, "vision-heads": 2, "vocab-size": 0}
+    for flag, default in shape_flags.items():
+        parser.add_argument(f"--{flag}", type=int, default=default, help=f"model {flag}")
     args = parser.parse_args()
-    make_toy_data(args.out, seed=args.seed, task=args.task, num_mm_val=args.mm_val_size)
-    print(f"wrote toy data to {args.out}")
+    if args.model_out:
+        shape = {k.replace("-", "_"): getattr(args, k.replace("-", "_")) for k in shape_flags}
+        build_tiny(args.model_out, tokenizer_corpus(), seed=args.seed, **shape)
+        print(f"wrote a random Qwen2.5-VL ({shape}) to {args.model_out}")
+    else:
+        make_toy_data(args.out, seed=args.seed, task=args.task, num_mm_val=args.mm_val_size)
+        print(f"wrote toy data to {args.out}")
