@@ -1,4 +1,5 @@
-"""Small shared helpers: user errors in one line, seeding, dtype choice, learning-rate schedule, metrics JSONL, timers."""
+"""Shared helpers: user errors in one line, flag rules, seeding, dtypes, the SFT schedule, metrics
+JSONL, timers."""
 
 import contextlib
 import json
@@ -13,23 +14,20 @@ import torch
 
 
 class UserError(Exception):
-    """A mistake in the user's input (a flag, a path, a data row). Scripts print it as one line, no traceback."""
+    """A mistake in the user's input (flag, path, data row): printed as one line, no traceback."""
 
 
 class MissingPackage(UserError, ImportError):
-    """An optional package the user's input needs (pyarrow for parquet, matplotlib for plots) is not installed."""
+    """An optional package the input needs (pyarrow for parquet, matplotlib) is not installed."""
 
 
 AT_EXIT = []  # run at a one-line error exit too (os._exit skips atexit): the out-dir lock's release
-MAX_NONFINITE_STEPS = 3  # steps in a row skipped for a non-finite gradient norm before a run stops
+MAX_NONFINITE_STEPS = 3  # non-finite gradient norms in a row (steps skipped) before a run stops
 
 
 def one_line_errors(parser):
-    """Make a script report user errors as one line on stderr and exit 2, before any model loads.
-
-    A UserError raised anywhere in the script prints `error: <message>` (on rank 0 only under torchrun; every
-    rank exits), and argparse's own complaints lose their usage block. Anything else keeps its traceback: that is
-    a bug, not a user error."""
+    """A UserError anywhere in the script prints `error: <message>` on stderr (rank 0) and every
+    rank exits 2; argparse's complaints lose their usage block. Anything else (a bug) tracebacks."""
     default_hook = sys.excepthook
 
     def hook(exc_type, exc, tb):
@@ -39,7 +37,7 @@ def one_line_errors(parser):
             print(f"error: {exc}", file=sys.stderr, flush=True)
         for fn in AT_EXIT:
             fn()
-        os._exit(2)  # also skips torch.distributed's atexit teardown, which would hang without the other ranks
+        os._exit(2)  # skips torch.distributed's atexit teardown: it would wait for the other ranks
 
     def parser_error(message):
         print(f"error: {message}", file=sys.stderr, flush=True)
@@ -89,7 +87,7 @@ def in_range(value, rule):
 
 
 def check_flags(args, **overrides):
-    """Refuse, naming the flag, any numeric flag outside its FLAG_RULES interval (`overrides`: a
+    """Refuse, naming the flag, a numeric flag outside its FLAG_RULES interval (`overrides`: a
     script's own rules, e.g. eval's temperature 0 = greedy) or breaking a PAIR_RULES rule."""
     rules = {**FLAG_RULES, **overrides}
     for name, value in vars(args).items():
@@ -108,9 +106,9 @@ def check_flags(args, **overrides):
 
 
 def key_values(flag, items, kinds, rule_prefix):
-    """["t_low=0.1", "weighting=power"] -> {"t_low": 0.1, "weighting": "power"}: a flag that overrides
-    entries of a table. kinds: {key: float, int, bool or a tuple of allowed words}; a number must lie
-    in its FLAG_RULES interval, named rule_prefix + key."""
+    """["t_low=0.1", "weighting=power"] -> {"t_low": 0.1, "weighting": "power"}, a flag that
+    overrides entries of a table. kinds: {key: float, int, bool or a tuple of allowed words}; a
+    number must lie in its FLAG_RULES interval, named rule_prefix + key."""
     out = {}
     for item in items:
         key, _, text = item.partition("=")
@@ -122,7 +120,8 @@ def key_values(flag, items, kinds, rule_prefix):
         if kind is bool and text not in ("0", "1"):
             raise UserError(f"{flag} {key} must be 0 or 1, got {text}")
         try:
-            value = text if isinstance(kind, tuple) else bool(int(text)) if kind is bool else kind(text)
+            value = text if isinstance(kind, tuple) else (kind(int(text)) if kind is bool
+                                                          else kind(text))
         except ValueError:
             raise UserError(f"{flag} {key} must be a number, got {text}") from None
         rule = FLAG_RULES.get(rule_prefix + key)
@@ -143,8 +142,8 @@ def nonfinite_streak(norm, streak):
 
 
 def set_seed(seed, deterministic=False):
-    """Seed every generator; deterministic=True also refuses kernels whose result depends on thread or block
-    timing (CUDA: cuBLAS needs a fixed workspace, set before its first call; docs/pitfalls.md, pitfall 21)."""
+    """Seed every generator; deterministic=True also refuses kernels whose result depends on thread
+    timing (cuBLAS needs a fixed workspace, set before its first call; pitfall 21)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -155,21 +154,22 @@ def set_seed(seed, deterministic=False):
 
 
 def default_dtype(device, requested="auto"):
-    """bf16 on CUDA, fp32 on CPU (CPU bf16 matmuls are slow and our parity tests want fp32)."""
+    """bf16 on CUDA, fp32 on CPU (CPU bf16 matmuls are slow; the parity tests want fp32)."""
     if requested != "auto":
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[requested]
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16,
+                "float16": torch.float16}[requested]
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
 
 
 def autocast(device, ddp):
-    """bf16 autocast for a single CUDA process; under FSDP the MixedPrecisionPolicy casts, on CPU we stay fp32."""
+    """bf16 autocast for one CUDA process; under FSDP the MixedPrecisionPolicy casts; CPU: fp32."""
     if torch.device(device).type == "cuda" and not ddp:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
 def lr_multiplier(step, total_steps, warmup_steps, min_ratio):
-    """Linear warmup to 1, then cosine decay to min_ratio. `step` counts finished optimizer steps."""
+    """Linear warmup to 1, then cosine decay to min_ratio; `step`: finished optimizer steps."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
@@ -185,14 +185,14 @@ class MetricsLogger:
             os.makedirs(out_dir, exist_ok=True)
 
     def log(self, record):
-        """One write of one whole line, flushed: a crash can leave at most a torn last line, which readers skip."""
+        """One write of a whole line: a crash leaves at most a torn last line (readers skip it)."""
         if self.path:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
 
 def read_jsonl_records(path):
-    """The records of a metrics file; a line cut off by a crash (only ever the last one) is dropped."""
+    """The records of a metrics file; a line cut off by a crash (only the last) is dropped."""
     records = []
     with open(path) as f:
         for line in f:
@@ -204,9 +204,9 @@ def read_jsonl_records(path):
 
 
 def truncate_jsonl(path, resume_step):
-    """On resume, drop what was logged after the checkpoint so metrics.jsonl has no duplicates: training records
-    carry the number of finished steps (kept up to resume_step); eval records carry the step they ran before
-    (the eval at resume_step ran after the checkpoint, so it is dropped and redone)."""
+    """On resume, drop what was logged after the checkpoint: training records carry the finished
+    steps (kept up to resume_step); eval records the step they ran before (the eval at resume_step
+    ran after the checkpoint: dropped and redone)."""
     if not os.path.exists(path):
         return
     records = read_jsonl_records(path)
@@ -218,26 +218,20 @@ def truncate_jsonl(path, resume_step):
 
 
 class Timer:
-    """Accumulates wall time per named phase: `with timer("generate"): ...`; `timer.pop()` returns and resets."""
+    """Wall time per named phase: `with timer("generate"): ...`; pop() returns and resets."""
 
     def __init__(self, sync_cuda=False):
         self.totals, self.sync_cuda = {}, sync_cuda
 
+    @contextlib.contextmanager
     def __call__(self, name):
-        timer = self
-
-        class _Phase:
-            def __enter__(self):
-                if timer.sync_cuda:
-                    torch.cuda.synchronize()
-                self.t0 = time.perf_counter()
-
-            def __exit__(self, *exc):
-                if timer.sync_cuda:
-                    torch.cuda.synchronize()
-                timer.totals[name] = timer.totals.get(name, 0.0) + time.perf_counter() - self.t0
-
-        return _Phase()
+        if self.sync_cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        yield
+        if self.sync_cuda:
+            torch.cuda.synchronize()
+        self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - t0
 
     def pop(self):
         out, self.totals = self.totals, {}
