@@ -15,6 +15,7 @@ import json
 import math
 import os
 import time
+from contextlib import nullcontext
 
 import torch
 
@@ -53,6 +54,8 @@ add("--temperature", type=float, default=1.0, help="sampling temperature")
 add("--top-p", type=float, default=0.95, help="nucleus sampling (also the held-out eval's)")
 add("--max-new-tokens", type=int, default=8192, help="completion length cap")
 add("--generate-batch-seqs", type=int, default=64, help="sequences per generate call (KV memory)")
+add("--gather-for-rollout", type=int, default=1, help="FSDP, 1: gather the weights once per "
+    "rollout; 0: per layer at every decode step (no full copy in memory, slower)")
 # the update
 add("--lr", type=float, default=1e-6, help="AdamW learning rate (constant)")
 add("--weight-decay", type=float, default=1e-2, help="AdamW weight decay")
@@ -60,7 +63,6 @@ add("--kl-coef", type=float, default=None, help="k3 KL coefficient (stage); 0: n
 add("--clip-low", type=float, default=0.2, help="ε_low of the clipped ratio")
 add("--clip-high", type=float, default=0.25, help="ε_high of the clipped ratio (clip-higher)")
 add("--dual-clip", type=float, default=3.0, help="dual-clip constant c for A < 0")
-add("--ppo-epochs", type=int, default=1, help="passes over the PAD-selected batch")
 add("--optim-batch-seqs", type=int, default=1024, help="sequences per optimizer step (0: all)")
 add("--micro-batch-size", type=int, default=2, help="max sequences per forward/backward per rank")
 add("--micro-batch-tokens", type=int, default=0, help="padded-token budget per micro-batch")
@@ -166,15 +168,16 @@ print0(f"{len(train_rows)} train prompts | {args.prompts_per_step} prompts x G {
 
 
 def rollouts(rows, *, group_size, temperature, seed, offset):
-    """G samples per prompt, weights gathered once: no collectives while decoding, so a rank that
-    finishes early stops; seeded per global prompt, the same samples at any world size."""
+    """G samples per prompt, seeded per global prompt: the same at any world size. Weights gathered
+    once: no collectives while decoding, so a rank that finishes early stops (no synced_gpus)."""
+    gathered = bool(args.gather_for_rollout)
     model.eval()
-    with dist.gathered_params(model), autocast(device, ddp):
+    with dist.gathered_params(model) if gathered else nullcontext(), autocast(device, ddp):
         seqs = generate_rollouts(
             model, processor, [r["messages"] for r in rows], group_size=group_size, seed=seed,
             max_new_tokens=args.max_new_tokens, temperature=temperature, top_p=args.top_p,
             micro_batch_size=args.generate_batch_seqs, suppress_ids=suppress_ids,
-            prompt_offset=offset, synced_gpus=False if ddp else None)
+            prompt_offset=offset, synced_gpus=False if ddp and gathered else None)
     model.train()
     return seqs
 
@@ -354,7 +357,7 @@ for step in range(state["step"], args.max_steps):
 
     # ---- 5. old log-probs (if the policy moves within the step), reference log-probs (trl)
     with timer("logprobs"):
-        old = stored_logps(model, seqs, my_plan) if args.ppo_epochs * len(plan) > 1 else {}
+        old = stored_logps(model, seqs, my_plan) if len(plan) > 1 else {}
         ref = stored_logps(ref_model, seqs, my_plan) if ref_model else {}
 
     # -------- TRAINING SECTION BEGIN --------
@@ -362,14 +365,13 @@ for step in range(state["step"], args.max_steps):
                              "kl", "entropy", "tokens"), 0.0)
     norms, first_coef = [], entropy_coef(state["updates"], args.entropy_coef, args.entropy_warmup)
     with timer("update"):
-        for epoch in range(args.ppo_epochs):
-            for s, micro_batches in enumerate(my_plan):
-                coef = entropy_coef(state["updates"], args.entropy_coef, args.entropy_warmup)
-                stats, norm = optimizer_step(seqs, advantages, s, micro_batches, old, ref, coef)
-                state["bad_steps"] = nonfinite_streak(norm, state["bad_steps"])  # stops at 3
-                trained = {k: trained.get(k, 0.0) + v for k, v in stats.items()}
-                norms.append(norm)
-                state["updates"] += 1
+        for s, micro_batches in enumerate(my_plan):  # one pass over the selection, as released
+            coef = entropy_coef(state["updates"], args.entropy_coef, args.entropy_warmup)
+            stats, norm = optimizer_step(seqs, advantages, s, micro_batches, old, ref, coef)
+            state["bad_steps"] = nonfinite_streak(norm, state["bad_steps"])  # stops at 3
+            trained = {k: trained.get(k, 0.0) + v for k, v in stats.items()}
+            norms.append(norm)
+            state["updates"] += 1
     # -------- TRAINING SECTION END --------
 
     # ---- 6. metrics (named sums over ranks), the step line, rollout dumps, checkpoints

@@ -37,9 +37,9 @@ D=$OUT/data
 $RUN train_sft.py --model "$OUT/model" --data $D/sft_train.jsonl --val-data $D/sft_val.jsonl --out-dir "$OUT/sft" \
     $SFT --lr 2e-4 --epochs 1 --eval-every 0 --log-every 10
 $RUN train_grpo.py --stage mrl --model "$OUT/sft/final" --data $D/mm_train.jsonl --val-data $D/mm_val.jsonl \
-    --out-dir "$OUT/mrl" $RL $GEN $PIX --pad none --lr 1e-6 --eval-every 0 --eval-limit 32 --log-every 1
+    --out-dir "$OUT/mrl" $RL $GEN $PIX --pad none --lr 1e-6 --eval-every 0 --eval-limit 32
 $RUN train_grpo.py --stage trl --model "$OUT/mrl/final" --data $D/text_train.jsonl --val-data $D/text_val.jsonl \
-    --out-dir "$OUT/trl" $RL $GEN --pad none --lr 1e-6 --eval-every 0 --log-every 1
+    --out-dir "$OUT/trl" $RL $GEN --pad none --lr 1e-6 --eval-every 0
 $RUN eval.py --model "$OUT/trl/final" --data $D/mm_val.jsonl $D/text_val.jsonl --out-dir "$OUT/eval" --limit 64 \
     --max-new-tokens 64 $PIX
 python bench/bench_generate_cache.py --model "$OUT/trl/final" --device "$DEVICE" --dtype $DTYPE --repeats 3 \

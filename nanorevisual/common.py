@@ -53,14 +53,14 @@ def one_line_errors(parser):
 FLAG_RULES = {
     **dict.fromkeys(["max_steps", "batch_size", "grad_accum", "max_length", "log_every", "samples",
                      "prompts_per_step", "group_size", "max_new_tokens", "generate_batch_seqs",
-                     "micro_batch_size", "ppo_epochs", "length_budget",
+                     "micro_batch_size", "length_budget",
                      "min_pixels", "max_pixels"], "[1, inf)"),
     **dict.fromkeys(["save_every", "eval_every", "eval_limit", "limit",
                      "optim_batch_seqs", "micro_batch_tokens", "max_prompt_length",
                      "entropy_warmup"], "[0, inf)"),
     **dict.fromkeys(["instruction", "skip_bad_rows", "grad_checkpointing", "freeze_vision",
                      "deterministic", "resume", "overwrite", "scale_by_std", "pad_replacement",
-                     "meta_samples"], "[0, 1]"),  # 0/1 switches
+                     "gather_for_rollout", "meta_samples"], "[0, 1]"),  # 0/1 switches
     "seed": "[0, 4294967295]",  # numpy's seed range
     "epochs": "(0, inf)", "lr": "(0, inf)", "clip_grad": "(0, inf)", "weight_decay": "[0, inf)",
     "adam_beta2": "[0, 1)", "min_lr_ratio": "[0, 1]", "warmup_ratio": "[0, 1]",

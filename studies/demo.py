@@ -48,10 +48,10 @@ def main():
                        "--log-every", 25, "--overwrite", 1)
     evaluate("sft", f"{out}/sft/final")
     times["mrl"] = run("train_grpo.py", "--stage", "mrl", "--model", f"{out}/sft/final", "--out-dir", f"{out}/mrl",
-                       "--seed", args.seed, "--max-steps", args.mrl_steps, "--log-every", 10, "--overwrite", 1)
+                       "--seed", args.seed, "--max-steps", args.mrl_steps, "--overwrite", 1)
     evaluate("mrl", f"{out}/mrl/final")
     times["trl"] = run("train_grpo.py", "--stage", "trl", "--model", f"{out}/mrl/final", "--out-dir", f"{out}/trl",
-                       "--seed", args.seed, "--max-steps", args.trl_steps, "--log-every", 10, "--overwrite", 1)
+                       "--seed", args.seed, "--max-steps", args.trl_steps, "--overwrite", 1)
     evaluate("trl", f"{out}/trl/final")
     total = time.perf_counter() - t_start
 

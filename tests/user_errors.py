@@ -221,7 +221,7 @@ def cases(base, model):
                   "--pad-set t_low=nan", "--pad-set tau_start=0", "--pad-set tau_end=-1",
                   "--pad-set alpha=-1", "--pad-set weighting=best", "--pad-set replacement=2",
                   "--pad-set empty=maybe", "--pad-set ratio=abc", "--min-pixels 0",
-                  "--max-prompt-length -1", "--eval-temperature -1", "--ppo-epochs 0",
+                  "--max-prompt-length -1", "--eval-temperature -1", "--gather-for-rollout 2",
                   "--micro-batch-tokens -1", "--optim-batch-seqs -1", "--max-new-tokens 0",
                   "--weight-decay -1", "--scale-by-std 2", "--max-steps 1e3",
                   "--min-pixels 5000 --max-pixels 4000"]
