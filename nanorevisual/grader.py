@@ -175,8 +175,7 @@ def _is_number(tok: str) -> bool:
 
 
 class _Parser:
-    """
-    Recursive descent over tokens, evaluating floats as it goes:
+    """Recursive descent over tokens, evaluating floats as it goes:
         expr := term (('+'|'-') term)*        term  := unary (('*'|'/'|implicit) unary)*
         unary := ('+'|'-') unary | power      power := atom ('^' unary)?    (right-associative)
         atom  := number | var | \\pi | (expr) | {expr} | \\frac atom atom | \\sqrt [expr]? atom
