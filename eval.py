@@ -1,40 +1,13 @@
-"""Evaluate a checkpoint on the ReVisual-R1 benchmarks (paper Table 2) or any file in the project's RL JSONL format.
+"""Evaluate a checkpoint on the ReVisual-R1 benchmarks (paper Table 2, §5.1) or any file in the
+project's RL format, with the training prompt and answer checker (docs/paper_notes.md §7).
 
-    python eval.py                                     # tiny model on the toy mm_val + text_val files, CPU, greedy
-    python eval.py --model runs/trl/final --data mathvista=data/mathvista/testmini.parquet \
-        data/math500/test.jsonl aime24=data/aime24.jsonl --samples 1 --temperature 0 --out-dir runs/eval-trl
-    torchrun --nproc_per_node=8 eval.py --model runs/trl/final --data ... --out-dir runs/eval-trl --compare paper
+    python eval.py                        # tiny model on the toy mm_val + text_val files, greedy
+    torchrun --nproc_per_node=8 eval.py --model runs/trl/final --out-dir runs/eval-trl \
+        --data mathvista=data/mathvista/testmini.parquet data/math500/test.jsonl --compare paper
 
-Each --data entry is NAME=PATH or a bare PATH (NAME inferred from the path when one of its parts contains a name of
-nanorevisual.benchmarks.BENCHMARKS, else the file stem labels a project-format file). Every item gets --samples k
-completions; the prompt is the training prompt (prompts.build_messages); grading is benchmarks.grade_item.
-Outputs in --out-dir (accuracy and std in percent):
-    predictions.jsonl  a line per (benchmark, id, sample): completion, extracted, answer, correct, num_tokens, truncated
-    results.json       {benchmark: {score, metric, accuracy, std, items, samples, [dropped]}, ...,
-                       "average": {score, items, benchmarks}}
-    results.md         the table printed at the end, rows in paper Table 2 order, then the other labels
-    config.json        the resolved flags; a resume with another model or decoding setting is refused
-Items whose prompt is longer than --max-prompt-length (train_grpo.py's rule: 8192 tokens, none
-for the tiny model) are dropped before generation, printed, counted as `dropped` in results.json,
-not scored. One eval at a time owns --out-dir (OUT_DIR/.lock, as training runs do).
-Resume: rerun the same command. Predictions are appended and flushed after every generate batch (torchrun: one
-predictions.rank{r}.jsonl per rank), finished (benchmark, id, sample) triples are skipped, and rank 0 merges every
-file into a deduplicated, sorted predictions.jsonl at the end. Multi-node resume needs --out-dir on a shared disk.
-Sampling seeds follow the batch layout, so a resumed sampled run draws other (equally valid) samples than an
-uninterrupted one; nothing already written is regenerated.
-
-Deviations from the paper's evaluation (docs/paper_notes.md §7):
-1. Greedy decoding, one sample, by default. The released eval samples once at temperature 0.3, top_p 0.95
-   (`--temperature 0.3 --top-p 0.95` reproduces it); with --samples k, accuracy is pass@1 averaged over k samples.
-2. AIME: Table 2 reports the mean over 8 samples. Records whose meta carries n_samples (AIME: 8) get that many
-   samples when sampling (temperature > 0, --meta-samples 1); under greedy decoding they get --samples, as the
-   8 samples would be identical.
-3. No LLM answer extractor: only the last \\boxed{} is graded (benchmarks.py deviations 1-2).
-4. DynaMath and WeMath report Table 2's metrics (worst case over the variants; WeMath's strict score, see
-   benchmarks.py deviation 6) as `score`, next to plain per-question accuracy; the average and --compare use score.
-5. HF generate (no lmdeploy / vLLM server) and the training prompt (RL instruction appended) for every benchmark,
-   not the released eval's per-benchmark prompts (e.g. MathVision's "provide the correct option letter").
-6. std (not in the paper) is the population std over sample indices j of the accuracy of sample j.
+Writes predictions.jsonl (a line per benchmark, id and sample), results.json, results.md and
+config.json into --out-dir, which one eval at a time owns (OUT_DIR/.lock). To resume, rerun the
+same command: finished (benchmark, id, sample) triples are skipped, stored ones re-graded.
 """
 
 import argparse
@@ -46,8 +19,9 @@ import statistics
 
 from tqdm import tqdm
 
-from nanorevisual import checkpoint, dist
-from nanorevisual.benchmarks import BENCHMARKS, PAPER_TABLE2, grade_item, load_benchmark, paper_metric
+from nanorevisual import checkpoint, dist, toy
+from nanorevisual.benchmarks import (BENCHMARKS, PAPER_TABLE2, grade_item, load_benchmark,
+                                     paper_metric)
 from nanorevisual.common import UserError, check_flags, default_dtype, one_line_errors, set_seed
 from nanorevisual.dist import print0
 from nanorevisual.model import check_model_path, is_toy_model, load_model_and_processor, load_policy
@@ -55,49 +29,54 @@ from nanorevisual.processor import load_processor, vision_token_ids
 from nanorevisual.prompts import INSTRUCTION, build_messages, filter_long_prompts
 from nanorevisual.rollout import generate_rollouts
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # CLI (parsed in the script section below, so tests can import the pure functions)
-parser = argparse.ArgumentParser(description="Evaluate a checkpoint on ReVisual-R1 Table 2 benchmarks / JSONL files")
+parser = argparse.ArgumentParser(description="Evaluate a checkpoint on ReVisual-R1 Table 2 "
+                                 "benchmarks / JSONL files")
 # Model
-parser.add_argument("--model", default="tiny", help="HF folder or hub id; 'tiny': the random tiny model")
+parser.add_argument("--model", default="tiny", help="HF folder or hub id; 'tiny': the tiny model")
 parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                     help="auto: bf16 on CUDA, fp32 on CPU")
-parser.add_argument("--min-pixels", type=int, default=None, help="min image pixels (real models: 262144)")
-parser.add_argument("--max-pixels", type=int, default=None, help="max image pixels (real models: 1048576)")
+parser.add_argument("--min-pixels", type=int, default=None, help="min image pixels (real: 262144)")
+parser.add_argument("--max-pixels", type=int, default=None, help="max image pixels (real: 1048576)")
 # Data
-parser.add_argument("--data", nargs="+", default=None, help="NAME=PATH or PATH entries (default: toy mm_val + text_val)")
-parser.add_argument("--instruction", type=int, default=1, help="1: append the paper's think/boxed instruction to "
-                    "every problem (docs/paper_notes.md §6); 0: use the problems as written")
-parser.add_argument("--limit", type=int, default=0, help="only the first N items of each benchmark (0: all)")
+parser.add_argument("--data", nargs="+", default=None,
+                    help="NAME=PATH or PATH entries (default: toy mm_val + text_val)")
+parser.add_argument("--instruction", type=int, default=1, help="1: append the paper's think/boxed "
+                    "instruction to every problem (docs/paper_notes.md §6); 0: as written")
+parser.add_argument("--limit", type=int, default=0, help="only the first N items per benchmark")
 parser.add_argument("--max-prompt-length", type=int, default=None, help="drop (and count) items "
                     "with longer prompts (0: keep all; default 8192, tiny 0, as train_grpo.py)")
 # Generation
-parser.add_argument("--samples", type=int, default=1, help="k: samples per item; accuracy is pass@1 averaged over k")
-parser.add_argument("--meta-samples", type=int, default=1, help="1: meta n_samples (AIME: 8) raises k if temperature > 0")
-parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy")
+parser.add_argument("--samples", type=int, default=1, help="k: samples per item (pass@1 over k)")
+parser.add_argument("--meta-samples", type=int, default=1,
+                    help="1: meta n_samples (AIME: 8) raises k if temperature > 0")
+parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
 parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
-parser.add_argument("--max-new-tokens", type=int, default=None, help="length cap (default: 32 tiny, 8192 real)")
+parser.add_argument("--max-new-tokens", type=int, default=None, help="default: 32 tiny, 8192 real")
 parser.add_argument("--batch-size", type=int, default=64, help="sequences per generate call")
 parser.add_argument("--seed", type=int, default=0, help="sampling seed")
-parser.add_argument("--deterministic", type=int, default=0, help="1: deterministic kernels only (slower on GPU)")
+parser.add_argument("--deterministic", type=int, default=0, help="1: deterministic kernels only")
 # Output
-parser.add_argument("--out-dir", default="runs/eval", help="predictions.jsonl, results.json, results.md, config.json")
-parser.add_argument("--compare", default=None, help="'paper' or a results.json: print the differences")
+parser.add_argument("--out-dir", default="runs/eval", help="predictions, results, config go here")
+parser.add_argument("--compare", default=None, help="'paper' or a results.json: print differences")
 
 # flags that change what a prediction means: a resume must not mix them
-GENERATION_KEYS = ("model", "temperature", "top_p", "max_new_tokens", "min_pixels", "max_pixels", "instruction")
+GENERATION_KEYS = ("model", "temperature", "top_p", "max_new_tokens", "min_pixels", "max_pixels",
+                   "instruction")
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # pure helpers
 
 
 def parse_data_spec(spec):
-    """'NAME=PATH' or 'PATH' -> (label, loader name, path); the loader name is a benchmark or 'jsonl'.
-    A NAME that is not a benchmark labels a file in the project's own format (checked when it is read)."""
+    """'NAME=PATH' or 'PATH' -> (label, loader: a benchmark or 'jsonl', path). A NAME that is
+    not a benchmark labels a file in the project's own format (checked when it is read)."""
     label, path = spec.split("=", 1) if "=" in spec and not os.path.exists(spec) else (None, spec)
-    if label is None:  # innermost path part naming a benchmark ("MathVista/testmini.parquet"), else the file stem
-        parts = [re.sub(r"[^a-z0-9]", "", p.lower()) for p in reversed(os.path.normpath(path).split(os.sep))]
-        parts = [re.sub(r"aime20(2\d)", r"aime\1", p) for p in parts]  # HF folders aime_2024 / AIME2025
+    if label is None:  # innermost path part naming a benchmark ("MathVista/x.parquet"), else stem
+        parts = [re.sub(r"[^a-z0-9]", "", p.lower())
+                 for p in reversed(os.path.normpath(path).split(os.sep))]
+        parts = [re.sub(r"aime20(2\d)", r"aime\1", p) for p in parts]  # aime_2024 / AIME2025
         hits = [b for part in parts for b in BENCHMARKS if b in part]
         label = hits[0] if hits else os.path.splitext(os.path.basename(path))[0]
     if label.lower() in BENCHMARKS:
@@ -116,36 +95,37 @@ def natural_key(text):
 
 
 def summarize(predictions, labels=(), metas=None, loaders=None):
-    """Prediction dicts (benchmark, id, sample, correct) -> results dict, accuracy and std in percent.
-
-    accuracy = mean over items of the item's mean over its samples; std = population std over sample indices j of
-    the accuracy of sample j (over the items that have a sample j), 0 for one sample; "average" is the unweighted
-    mean over benchmarks (paper Table 2 "Avg") of each benchmark's `score`: the paper's own metric where Table 2
-    uses one (DynaMath worst case, WeMath strict score: benchmarks.paper_metric, computed per sample index and
-    averaged, needs metas {(label, id): record meta} and loaders {label: benchmark}), else the accuracy.
-    """
+    """Prediction dicts (benchmark, id, sample, correct) -> {label: {score, metric, accuracy, std,
+    items, samples}, "average": {score, items, benchmarks}} in percent. `score` is Table 2's metric
+    (benchmarks.paper_metric per sample index, averaged; needs metas {(label, id): meta} and loaders
+    {label: benchmark}), else the accuracy; "average" is Table 2's unweighted "Avg" of scores."""
     metas, loaders = metas or {}, loaders or {}
     by_bench = {}
     for p in predictions:
-        by_bench.setdefault(p["benchmark"], {}).setdefault(p["id"], {})[p["sample"]] = float(p["correct"])
+        items = by_bench.setdefault(p["benchmark"], {})
+        items.setdefault(p["id"], {})[p["sample"]] = float(p["correct"])
     results = {}
     for b in ordered_labels(labels, by_bench):
         if b not in by_bench:
             continue
         items = by_bench[b]
         sample_ids = sorted({j for s in items.values() for j in s})
-        per_sample = [statistics.mean(s[j] for s in items.values() if j in s) for j in sample_ids]  # (k,)
+        # accuracy of sample j over the items that have one; std over j: 0 for one sample
+        per_sample = [statistics.mean(s[j] for s in items.values() if j in s) for j in sample_ids]
         accuracy = 100 * statistics.mean(statistics.mean(s.values()) for s in items.values())
-        results[b] = {"accuracy": accuracy, "std": 100 * statistics.pstdev(per_sample), "items": len(items),
-                      "samples": max(len(s) for s in items.values()), "metric": "accuracy", "score": accuracy}
-        paper = [paper_metric(loaders.get(b, b), [(metas.get((b, i), {}), s[j]) for i, s in items.items() if j in s])
+        results[b] = {"accuracy": accuracy, "std": 100 * statistics.pstdev(per_sample),
+                      "items": len(items), "samples": max(len(s) for s in items.values()),
+                      "metric": "accuracy", "score": accuracy}
+        paper = [paper_metric(loaders.get(b, b),
+                              [(metas.get((b, i), {}), s[j]) for i, s in items.items() if j in s])
                  for j in sample_ids]
         if paper[0] is not None:
             results[b]["metric"] = paper[0][0]
             results[b]["score"] = 100 * statistics.mean(value for _, value in paper)
     scores = [r["score"] for r in results.values()]
     results["average"] = {"score": statistics.mean(scores) if scores else 0.0,
-                          "items": sum(r["items"] for r in results.values()), "benchmarks": len(scores)}
+                          "items": sum(r["items"] for r in results.values()),
+                          "benchmarks": len(scores)}
     return results
 
 
@@ -154,23 +134,23 @@ def markdown_table(results):
              "|---|---:|---|---:|---:|---:|---:|"]
     for b, r in results.items():
         if b != "average":
-            lines.append(f"| {b} | {r['score']:.1f} | {r['metric']} | {r['accuracy']:.1f} | ±{r['std']:.1f} | "
-                         f"{r['items']} | {r['samples']} |")
+            lines.append(f"| {b} | {r['score']:.1f} | {r['metric']} | {r['accuracy']:.1f} | "
+                         f"±{r['std']:.1f} | {r['items']} | {r['samples']} |")
     avg = results["average"]
     lines.append(f"| **average** | {avg['score']:.1f} | | | | {avg['items']} | |")
     return "\n".join(lines)
 
 
 def compare_table(results, references):
-    """Per-benchmark difference (points) of `results` vs each reference {name: {benchmark: accuracy %}}; the last row
-    compares the means over the benchmarks that ours and every reference have."""
+    """Per-benchmark difference (points) of `results` vs each reference {name: {benchmark: %}};
+    the last row compares the means over the benchmarks that ours and every reference have."""
     names = list(references)
     lines = ["| benchmark | ours | " + " | ".join(f"{n} | Δ" for n in names) + " |",
              "|---|---:|" + "---:|---:|" * len(names)]
-    ours = {b: r["score"] for b, r in results.items() if b != "average"}  # the paper's metric per column
+    ours = {b: r["score"] for b, r in results.items() if b != "average"}  # Table 2's metric
     for b, acc in ours.items():
-        cells = [f"{references[n][b]:.1f} | {acc - references[n][b]:+.1f}" if b in references[n] else "- | -"
-                 for n in names]
+        cells = [f"{references[n][b]:.1f} | {acc - references[n][b]:+.1f}"
+                 if b in references[n] else "- | -" for n in names]
         lines.append(f"| {b} | {acc:.1f} | " + " | ".join(cells) + " |")
     shared = [b for b in ours if all(b in references[n] for n in names)]
     if shared:
@@ -184,8 +164,9 @@ def compare_table(results, references):
 def load_references(compare):
     """--compare: 'paper' (Table 2's rows) or an earlier eval's results.json, else UserError."""
     if compare == "paper":
-        return {name: {b: v for b, v in row.items() if b in BENCHMARKS} for name, row in PAPER_TABLE2.items()
-                if name in ("ReVisual-R1-7B", "Qwen2.5-VL-7B")}
+        rows = ("ReVisual-R1-7B", "Qwen2.5-VL-7B")
+        return {name: {b: v for b, v in PAPER_TABLE2[name].items() if b in BENCHMARKS}
+                for name in rows}
     try:
         with open(compare, encoding="utf-8") as f:
             other = json.load(f)
@@ -202,8 +183,8 @@ def prediction_key(p):
 
 
 def read_predictions(paths):
-    """{(benchmark, id, sample): prediction} from every file; a line cut off by a crash is skipped, the first copy
-    of a key wins."""
+    """{(benchmark, id, sample): prediction} from every file; a line cut off by a crash is
+    skipped, the first copy of a key wins."""
     done, bad = {}, 0
     for path in paths:
         with open(path) as f:
@@ -219,8 +200,8 @@ def read_predictions(paths):
 
 
 def regrade(done, records):
-    """Grade every stored completion again against the current items (grading is cheap): a gold answer, option or
-    grader that changed since the predictions were written must not leave a stale score. Returns how many changed."""
+    """Grade every stored completion again (cheap), so a gold answer, option or grader changed
+    since it was written leaves no stale score. Returns how many changed."""
     by_key = {(r["benchmark"], str(r["id"])): r for r in records}
     changed = 0
     for key, p in done.items():
@@ -250,11 +231,11 @@ def open_append(path):
     return open(path, "a")
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 if __name__ == "__main__":
     one_line_errors(parser)
     args = parser.parse_args()
-    args.model = check_model_path(args.model)
+    args.model = toy.ensure_tiny_model() if args.model == "tiny" else check_model_path(args.model)
     tiny = is_toy_model(args.model)
     if args.max_new_tokens is None:
         args.max_new_tokens = 32 if tiny else 8192
@@ -266,23 +247,22 @@ if __name__ == "__main__":
     check_flags(args, temperature="[0, inf)")  # presets applied; temperature 0 is greedy here
     references = load_references(args.compare) if args.compare else None  # a typo fails now
     if not args.data:
-        from nanorevisual.toy import ensure_toy_data
-        toy_dir = ensure_toy_data()
-        args.data = [os.path.join(toy_dir, "mm_val.jsonl"), os.path.join(toy_dir, "text_val.jsonl")]
+        toy_dir = toy.ensure_toy_data()
+        args.data = [os.path.join(toy_dir, f) for f in ("mm_val.jsonl", "text_val.jsonl")]
     specs = [parse_data_spec(s) for s in args.data]
     labels = [label for label, _, _ in specs]
     if len(set(labels)) != len(labels):
         raise UserError(f"two --data entries share a label: {labels}; name them with LABEL=PATH")
     user_config = vars(args).copy()
 
-    # ------------------------------------------------------------------------------------------------------------
+    # --------------------------------------------------------------------------------------------
     # Compute init
     ddp, rank, local_rank, world_size, device = dist.compute_init()
     master_process = rank == 0
     set_seed(args.seed, bool(args.deterministic))
     print0(json.dumps(user_config, indent=1))
 
-    # ------------------------------------------------------------------------------------------------------------
+    # --------------------------------------------------------------------------------------------
     # Data: records (prompts over --max-prompt-length dropped, counted), the out-dir, resume guard
     processor = None
     if args.max_prompt_length:  # counts what the model would see, image tokens included
@@ -294,8 +274,10 @@ if __name__ == "__main__":
         try:
             recs = load_benchmark(name, path, limit=args.limit or None)
         except ValueError as e:  # one line naming the file, row and field
-            hint = "" if name != "jsonl" or "=" not in spec or "field" not in str(e) else (f" ('{label}' is not one of {', '.join(BENCHMARKS)}: a custom label "
-                                               "reads the project's format: problem, answer, images)")
+            hint = ""
+            if name == "jsonl" and "=" in spec and "field" in str(e):
+                hint = (f" ('{label}' is not one of {', '.join(BENCHMARKS)}: a custom label "
+                        "reads the project's format: problem, answer, images)")
             raise UserError(f"{e}{hint}") from None
         if not recs:
             raise UserError(f"--data {label}={path}: no items in the file")
@@ -321,11 +303,12 @@ if __name__ == "__main__":
             raise UserError(f"{args.out_dir} holds predictions made with other settings {changed} "
                             "(old, new): pass a new --out-dir or delete it")
 
-    def num_samples(r):
-        n = (r.get("meta") or {}).get("n_samples") if args.meta_samples and args.temperature > 0 else None
+    def num_samples(r):  # AIME's meta n_samples applies when sampling (docs/paper_notes.md §7)
+        sampled = args.meta_samples and args.temperature > 0
+        n = (r.get("meta") or {}).get("n_samples") if sampled else None
         return max(args.samples, int(n or 1))
 
-    wanted = [(r, j) for r in records for j in range(num_samples(r))]  # every (item, sample), in file order
+    wanted = [(r, j) for r in records for j in range(num_samples(r))]  # (item, sample), file order
     unit_index = {(r["benchmark"], r["id"], j): i for i, (r, j) in enumerate(wanted)}
     done = read_predictions(prediction_files(args.out_dir))
     if done:
@@ -338,44 +321,50 @@ if __name__ == "__main__":
     mine = {(r["benchmark"], r["id"]) for r in records[rank::world_size]}  # this rank's items
     pending = [(r, j) for r, j in wanted
                if (r["benchmark"], r["id"], j) not in done and (r["benchmark"], r["id"]) in mine]
-    print0(f"resume: {len(unit_index) - len(pending_keys)} of {len(unit_index)} (item, sample) pairs already in "
-           f"{args.out_dir}; generating {len(pending_keys)} on {world_size} rank(s)")
+    print0(f"resume: {len(unit_index) - len(pending_keys)} of {len(unit_index)} (item, sample) "
+           f"pairs already in {args.out_dir}; generating {len(pending_keys)} on {world_size} "
+           "rank(s)")
 
-    # ------------------------------------------------------------------------------------------------------------
+    # --------------------------------------------------------------------------------------------
     # Model (only if there is anything to generate) and generation
     new = []
     if pending_keys:
-        if ddp:  # sharded: rank 0 reads the weights and broadcasts them (FSDP2 casts to bf16 itself on CUDA)
+        if ddp:  # sharded: rank 0 reads the weights (FSDP2 casts to bf16 itself on CUDA)
             model, processor = load_policy(args.model, device, ddp, min_pixels=args.min_pixels,
-                                                max_pixels=args.max_pixels)
+                                           max_pixels=args.max_pixels)
         else:
-            model, processor = load_model_and_processor(args.model, dtype=default_dtype(device, args.dtype),
-                                                        device=device, min_pixels=args.min_pixels,
-                                                        max_pixels=args.max_pixels)
+            model, processor = load_model_and_processor(
+                args.model, dtype=default_dtype(device, args.dtype), device=device,
+                min_pixels=args.min_pixels, max_pixels=args.max_pixels)
         model.eval()
         suppress_ids = vision_token_ids(processor)
-        out_path = os.path.join(args.out_dir, f"predictions.rank{rank}.jsonl" if ddp else "predictions.jsonl")
+        # torchrun: a file per rank, merged at the end (multi-node resume needs a shared --out-dir)
+        out_name = f"predictions.rank{rank}.jsonl" if ddp else "predictions.jsonl"
         pbar = tqdm(total=len(pending), desc="eval", unit="seq", disable=not master_process)
-        with open_append(out_path) as f, dist.gathered_params(model):
+        with open_append(os.path.join(args.out_dir, out_name)) as f, dist.gathered_params(model):
             for start in range(0, len(pending), args.batch_size):
                 batch = pending[start:start + args.batch_size]
                 messages = [r["messages"] for r, _ in batch]
                 first = unit_index[(batch[0][0]["benchmark"], batch[0][0]["id"], batch[0][1])]
-                outs = generate_rollouts(model, processor, messages, group_size=1, max_new_tokens=args.max_new_tokens,
-                                         temperature=args.temperature, top_p=args.top_p,
-                                         micro_batch_size=args.batch_size, suppress_ids=suppress_ids,
-                                         seed=args.seed * 1_000_003 + first, synced_gpus=False if ddp else None)
+                # seeds follow the batch layout: a resumed sampled run draws other (equally valid)
+                # samples than an uninterrupted one
+                outs = generate_rollouts(
+                    model, processor, messages, group_size=1, max_new_tokens=args.max_new_tokens,
+                    temperature=args.temperature, top_p=args.top_p,
+                    micro_batch_size=args.batch_size, suppress_ids=suppress_ids,
+                    seed=args.seed * 1_000_003 + first, synced_gpus=False if ddp else None)
                 for (r, j), o in zip(batch, outs):
                     extracted, correct = grade_item(o["text"], r)
-                    new.append({"benchmark": r["benchmark"], "id": r["id"], "sample": j, "completion": o["text"],
-                                "extracted": extracted, "answer": r["answer"], "correct": bool(correct),
+                    new.append({"benchmark": r["benchmark"], "id": r["id"], "sample": j,
+                                "completion": o["text"], "extracted": extracted,
+                                "answer": r["answer"], "correct": bool(correct),
                                 "num_tokens": o["num_tokens"], "truncated": o["truncated"]})
                     f.write(json.dumps(new[-1]) + "\n")
                 f.flush()  # a crash after this line loses nothing of this batch
                 pbar.update(len(batch))
         pbar.close()
 
-    # ------------------------------------------------------------------------------------------------------------
+    # --------------------------------------------------------------------------------------------
     # Gather, merge, summarize (rank 0)
     gathered = dist.all_gather_objects(new)
     if master_process:
@@ -383,17 +372,19 @@ if __name__ == "__main__":
         for p in (p for rank_new in gathered for p in rank_new):
             merged.setdefault(prediction_key(p), p)
         missing = [k for k in unit_index if k not in merged]
-        assert not missing, f"{len(missing)} (benchmark, id, sample) without a prediction, e.g. {missing[:3]}"
+        assert not missing, f"{len(missing)} (benchmark, id, sample) without a prediction, " \
+                            f"e.g. {missing[:3]}"
         order = {b: i for i, b in enumerate(ordered_labels(labels, sorted({k[0] for k in merged})))}
         keys = sorted(merged, key=lambda k: (order[k[0]], natural_key(k[1]), k[2]))
         final_path = os.path.join(args.out_dir, "predictions.jsonl")
         with open(final_path + ".tmp", "w") as f:
             f.writelines(json.dumps(merged[k]) + "\n" for k in keys)
-        os.replace(final_path + ".tmp", final_path)  # atomic: a crash here leaves the old files, still resumable
+        os.replace(final_path + ".tmp", final_path)  # atomic: a crash leaves resumable old files
         for path in glob.glob(os.path.join(args.out_dir, "predictions.rank*.jsonl")):
             os.remove(path)
         metas = {(r["benchmark"], r["id"]): r.get("meta") or {} for r in records}
-        results = summarize([merged[k] for k in unit_index], labels, metas, {label: name for label, name, _ in specs})
+        loaders = {label: name for label, name, _ in specs}
+        results = summarize([merged[k] for k in unit_index], labels, metas, loaders)
         for label, n in dropped.items():  # over --max-prompt-length: not scored, counted here
             results[label]["dropped"] = n
         with open(os.path.join(args.out_dir, "results.json"), "w") as f:

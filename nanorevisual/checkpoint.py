@@ -1,18 +1,7 @@
-"""Checkpoints: HF folders the next stage loads with from_pretrained, written atomically, plus resume state.
-
-Layout of OUT_DIR/step_000400/ (and OUT_DIR/final/):
-    config.json, generation_config.json, model*.safetensors   the policy, hub key names, fp32 (the master weights)
-    tokenizer files, processor_config.json, chat_template     the processor
-    meta.json                                                 {"user_config", "step", "stage", "git_commit"}
-    resume/                                                   optimizer, RNG, counters; SFT: scheduler too
-
-Every folder is first written as OUT_DIR/.tmp-<name>-<pid>/ and renamed into place only when
-complete, so a crash never leaves a half-written "latest": `find_last_step` only sees finished
-folders. A run owns its OUT_DIR through OUT_DIR/.lock (`claim_out_dir`): no two runs share one.
-
-Under FSDP (docs/pitfalls.md, pitfalls 13 and 16) `save_checkpoint` is collective: the full state dict is gathered to rank 0 on CPU and
-written through a meta-device skeleton's save_pretrained (never save_pretrained on the sharded model), while the
-resume state is saved sharded with torch.distributed.checkpoint, each rank writing its own optimizer shards.
+"""Checkpoints: HF folders the next stage loads with from_pretrained, plus resume state, written
+atomically; and the out-dir rules (one run per folder, under a lock). OUT_DIR/step_000400/ and
+OUT_DIR/final/ hold the fp32 policy with hub key names, the processor, meta.json {"user_config",
+"step", "stage", "git_commit"}, and (step folders) resume/: optimizer, RNG, counters.
 """
 
 import atexit
@@ -29,19 +18,21 @@ import torch
 import torch.distributed
 
 from nanorevisual import dist
+from nanorevisual.common import AT_EXIT, UserError
 
 
 def git_commit():
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=os.path.dirname(os.path.abspath(__file__)))
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, cwd=os.path.dirname(os.path.abspath(__file__)))
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
 
 
 def rng_state():
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+    return {"python": random.getstate(), "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
@@ -54,9 +45,9 @@ def set_rng_state(state):
 
 
 def publish(tmp, path):
-    """Rename a finished temp folder into place; an existing folder of that name is replaced."""
+    """Rename a finished temp folder into place, replacing a folder of that name."""
     old = None
-    if os.path.exists(path):  # os.rename cannot replace a non-empty folder: move the old one aside first
+    if os.path.exists(path):  # os.rename cannot replace a non-empty folder: move it aside first
         old = path + ".old"
         shutil.rmtree(old, ignore_errors=True)
         os.rename(path, old)
@@ -66,8 +57,7 @@ def publish(tmp, path):
 
 
 def temp_dir_for(path, pid=None):
-    """OUT_DIR/.tmp-<name>-<pid>: unique per process, so a temp folder is only ever removed by its
-    own process, or once that process is gone (`claim_out_dir`)."""
+    """OUT_DIR/.tmp-<name>-<pid>: removed only by its own process, or once that process is gone."""
     folder, name = os.path.split(os.path.abspath(path))
     return os.path.join(folder, f".tmp-{name}-{pid or os.getpid()}")
 
@@ -75,7 +65,7 @@ def temp_dir_for(path, pid=None):
 def save_hf_folder(tmp, model, processor, state_dict=None):
     if state_dict is None:
         model.save_pretrained(tmp)
-    else:  # FSDP: a weightless skeleton writes the gathered weights with hub key names
+    else:  # FSDP: a weightless skeleton writes the gathered weights, hub key names (pitfall 16)
         from transformers import AutoModelForImageTextToText
         with torch.device("meta"):
             skeleton = AutoModelForImageTextToText.from_config(model.config)
@@ -85,10 +75,9 @@ def save_hf_folder(tmp, model, processor, state_dict=None):
 
 
 def save_checkpoint(path, model, processor, meta, *, optimizer=None, extra=None, ddp=False):
-    """Write an HF folder + meta.json (+ resume state when optimizer is given) atomically.
-
-    Every rank calls it (a no-op broadcast of work on a single process). `extra` holds the small resume state
-    (step, RNG, scheduler, counters)."""
+    """Write an HF folder + meta.json (+ resume state with `extra` when optimizer is given) into a
+    temp folder, then rename it into place, so `find_last_step` never sees a half-written one.
+    Collective: every rank calls it."""
     master = not ddp or torch.distributed.get_rank() == 0
     state_dict = dist.full_state_dict(model) if ddp else None  # collective
     tmp = temp_dir_for(path, dist.all_gather_objects(os.getpid())[0])  # rank 0's pid, every rank
@@ -96,12 +85,19 @@ def save_checkpoint(path, model, processor, meta, *, optimizer=None, extra=None,
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
     dist.barrier()
+    resume = os.path.join(tmp, "resume")
     if optimizer is not None:
-        os.makedirs(os.path.join(tmp, "resume"), exist_ok=True)
-        if ddp:
-            save_sharded_resume_state(os.path.join(tmp, "resume"), model, optimizer, extra)
+        os.makedirs(resume, exist_ok=True)
+        if ddp:  # each rank writes its own shards (none holds the full optimizer) and RNG state
+            import torch.distributed.checkpoint as dcp
+            from torch.distributed.checkpoint.state_dict import get_state_dict
+            dist.reshard_all(model)
+            model_sd, optim_sd = get_state_dict(model, optimizer)
+            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=resume)
+            torch.save(extra, os.path.join(resume, f"extra_rank{torch.distributed.get_rank()}.pt"))
         else:
-            torch.save({"optimizer": optimizer.state_dict(), **extra}, os.path.join(tmp, "resume", "state.pt"))
+            state = {"optimizer": optimizer.state_dict(), **extra}
+            torch.save(state, os.path.join(resume, "state.pt"))
     if master:
         save_hf_folder(tmp, model, processor, state_dict)
         with open(os.path.join(tmp, "meta.json"), "w") as f:
@@ -113,41 +109,32 @@ def save_checkpoint(path, model, processor, meta, *, optimizer=None, extra=None,
     return path
 
 
-def save_sharded_resume_state(path, model, optimizer, extra):
-    """Sharded resume state with torch.distributed.checkpoint: each rank writes its own shards of the model and
-    optimizer (no rank ever holds the full optimizer), and its own `extra` (the RNG state differs per rank)."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
-    dist.reshard_all(model)
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=path)
-    torch.save(extra, os.path.join(path, f"extra_rank{torch.distributed.get_rank()}.pt"))
-
-
 def load_resume(path, model, optimizer, ddp=False):
-    """Restore optimizer (and, under FSDP, model shards) from path/resume; returns the `extra` dict."""
+    """Restore optimizer (under FSDP, model shards too) from path/resume; returns `extra`."""
+    resume = os.path.join(path, "resume")
     if ddp:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
         model_sd, optim_sd = get_state_dict(model, optimizer)
         state = {"model": model_sd, "optim": optim_sd}
-        dcp.load(state, checkpoint_id=os.path.join(path, "resume"))
-        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-        return torch.load(os.path.join(path, "resume", f"extra_rank{torch.distributed.get_rank()}.pt"),
-                          weights_only=False)
-    state = torch.load(os.path.join(path, "resume", "state.pt"), map_location="cpu", weights_only=False)
+        dcp.load(state, checkpoint_id=resume)
+        set_state_dict(model, optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optim"])
+        rank = torch.distributed.get_rank()
+        return torch.load(os.path.join(resume, f"extra_rank{rank}.pt"), weights_only=False)
+    state = torch.load(os.path.join(resume, "state.pt"), map_location="cpu", weights_only=False)
     optimizer.load_state_dict(state.pop("optimizer"))
     return state
 
 
 # flags that may change between a run and its resume: they do not change what the run computes
-RESUMABLE_CHANGES = {"resume", "overwrite", "max_steps", "save_every", "eval_every", "log_every", "dump_every",
-                     "out_dir", "eval_limit"}
+RESUMABLE_CHANGES = {"resume", "overwrite", "max_steps", "save_every", "eval_every", "log_every",
+                     "dump_every", "out_dir", "eval_limit"}
 RUN_FILES = ("final", "metrics.jsonl", "rollouts")
 
 
 def pid_alive(pid):
-    """Whether process `pid` exists on this host (signal 0 checks without sending anything)."""
+    """Whether process `pid` exists on this host (signal 0 sends nothing)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -158,11 +145,9 @@ def pid_alive(pid):
 
 
 def lock_out_dir(out_dir):
-    """Take the exclusive lock of a folder: an flock on OUT_DIR/.lock, which holds the owner's
-    {"pid", "host"}. The kernel drops an flock when its process ends, however it ends, so the lock
-    of a killed run is free and taken over (with a note); a held lock stops this run in one line
-    naming its holder. Released, file removed, when the process exits (a one-line error too)."""
-    from nanorevisual.common import AT_EXIT, UserError
+    """An exclusive flock on OUT_DIR/.lock, which holds the owner's {"pid", "host"}; a held lock
+    stops this run in one line naming its holder. The kernel drops an flock with its process, so a
+    killed run's lock is taken over (with a note). Released, file removed, at exit."""
     path = os.path.join(out_dir, ".lock")
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -212,9 +197,8 @@ def same_file(fd, path):
 
 
 def claim_out_dir(out_dir):
-    """Before a run writes anything into OUT_DIR (global rank 0 only): create it, take its lock
-    (lock_out_dir), remove the temp folders of runs killed mid-save. One line if unwritable."""
-    from nanorevisual.common import UserError
+    """Before a run writes into OUT_DIR (global rank 0 only): create it, lock it, and remove the
+    temp folders of runs killed mid-save."""
     if int(os.environ.get("RANK", 0)) != 0:
         return None
     try:
@@ -231,15 +215,10 @@ def claim_out_dir(out_dir):
 
 
 def prepare_out_dir(out_dir, *, resume, overwrite, user_config, total_steps=None):
-    """Decide where a run starts, before any model loads. Returns the step folder to resume from, or None.
-
-    - resume=1 continues from the newest OUT_DIR/step_* after checking that its meta.json describes the same run
-      (flags in RESUMABLE_CHANGES may differ) and that total_steps does not lie before it; with
-      nothing to resume it says so in one line and starts at step 0.
-    - resume=0 refuses a folder that holds another run's checkpoints or metrics (a later --resume would mix the two
-      runs), unless overwrite=1, which deletes them first.
-    """
-    from nanorevisual.common import UserError
+    """Where a run starts, decided before any model loads: the step folder to resume from, or None.
+    resume=1: the newest OUT_DIR/step_* whose meta.json describes the same run (RESUMABLE_CHANGES
+    aside) and lies at or before total_steps. resume=0 refuses a folder holding another run (a later
+    --resume would mix the two) unless overwrite=1, which deletes it first."""
     last = find_last_step(out_dir)
     if resume and last:
         with open(os.path.join(last, "meta.json")) as f:
@@ -251,21 +230,24 @@ def prepare_out_dir(out_dir, *, resume, overwrite, user_config, total_steps=None
         differ = {k: (old.get(k), v) for k, v in user_config.items()
                   if k not in RESUMABLE_CHANGES and k in old and str(old.get(k)) != str(v)}
         if differ:
-            diff = ", ".join(f"--{k.replace('_', '-')} {a} -> {b}" for k, (a, b) in sorted(differ.items()))
-            raise UserError(f"{last}: --resume 1 with other settings than the run it continues ({diff}); "
-                            "pass the original flags, or a new --out-dir")
+            diff = ", ".join(f"--{k.replace('_', '-')} {a} -> {b}"
+                             for k, (a, b) in sorted(differ.items()))
+            raise UserError(f"{last}: --resume 1 with other settings than the run it continues "
+                            f"({diff}); pass the original flags, or a new --out-dir")
         return last
     leftovers = [] if not os.path.isdir(out_dir) else sorted(
-        d for d in os.listdir(out_dir) if d in RUN_FILES or (d.startswith("step_") and d[5:].isdigit()))
+        d for d in os.listdir(out_dir)
+        if d in RUN_FILES or (d.startswith("step_") and d[5:].isdigit()))
+    if resume and "final" in leftovers:
+        raise UserError(f"{out_dir}: --resume 1 but the run there finished (final/) and left "
+                        "no step_* folder; pass a new --out-dir, or --overwrite 1 to start again")
     if resume:
-        if "final" in leftovers:
-            raise UserError(f"{out_dir}: --resume 1 but the run there finished (final/) and left no step_* folder; "
-                            "pass a new --out-dir, or --overwrite 1 to start again")
         dist.print0(f"resume: no checkpoint in {out_dir}: starting from step 0")
         return None
     if leftovers and not overwrite:
-        raise UserError(f"{out_dir}: already holds a run ({', '.join(leftovers[:4])}); pass --resume 1 to continue it, "
-                        "--overwrite 1 to replace it, or a new --out-dir")
+        raise UserError(f"{out_dir}: already holds a run ({', '.join(leftovers[:4])}); pass "
+                        "--resume 1 to continue it, --overwrite 1 to replace it, or a new "
+                        "--out-dir")
     if leftovers and int(os.environ.get("RANK", 0)) == 0:
         for name in leftovers:
             path = os.path.join(out_dir, name)

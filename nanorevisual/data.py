@@ -1,13 +1,6 @@
-"""Training data: rows of the SFT and RL files, checked before any model loads, and the seeded data order.
-
-Row formats (images are paths relative to the data file's folder; parquet may also hold image bytes):
-    SFT   {"messages": [{"role": "user", "content": [{"type": "image", "image": "a.png"}, {"type": "text", "text": "..."}]},
-                        {"role": "assistant", "content": "<think>...</think> \\boxed{42}"}]}
-    SFT   {"problem": "What is 3+4?", "response": "<think>3+4=7</think> \\boxed{7}", "images": []}
-    RL    {"id": "geo-17", "problem": "<image>Find x.", "answer": "42", "images": ["img/17.png"]}
-
-Every image is opened once here (it must exist and decode). A bad row raises `DataError` as one line naming the
-file, the line and the field; `skip_bad=True` skips such rows instead and prints how many.
+"""Training data: SFT and RL rows, checked (images decoded) before any model loads, and the seeded
+data order. Row formats: README.md, "Data, errors and output folders". A bad row raises a one-line
+`DataError` naming file, line and field; `skip_bad=True` skips such rows and prints how many.
 """
 
 import math
@@ -36,16 +29,17 @@ def row_images(row, base_dir):
 
 
 def rl_row(row, base_dir, path, lineno, instruction):
-    """RL / eval row -> {"id", "problem", "answer", "images" (paths or PIL), "messages", "where"}."""
+    """RL / eval row -> {"id", "problem", "answer", "images" (paths / PIL), "messages", "where"}."""
     problem = require(row, "problem", str)
     answer = require(row, "answer", (str, int, float))
     images = row_images(row, base_dir)
-    return {"id": str(row.get("id", f"{os.path.basename(path)}-{lineno}")), "problem": problem, "answer": str(answer),
-            "images": images, "messages": build_messages(problem, images, instruction), "where": f"{path}:{lineno}"}
+    return {"id": str(row.get("id", f"{os.path.basename(path)}-{lineno}")), "problem": problem,
+            "answer": str(answer), "images": images,
+            "messages": build_messages(problem, images, instruction), "where": f"{path}:{lineno}"}
 
 
 def sft_row(row, base_dir, path, lineno, instruction):
-    """SFT row in either format -> {"messages", "where"} with images resolved inside the messages."""
+    """SFT row in either format -> {"messages", "where"}, images resolved inside the messages."""
     where = f"{path}:{lineno}"
     if "messages" not in row:
         problem, response = require(row, "problem", str), require(row, "response", str)
@@ -57,10 +51,12 @@ def sft_row(row, base_dir, path, lineno, instruction):
             raise ValueError(f"field 'messages[{i}].role': must be system/user/assistant")
         content = m.get("content")
         if isinstance(content, list):
-            if not all(isinstance(item, dict) and item.get("type") in ("text", "image") for item in content):
-                raise ValueError(f"field 'messages[{i}].content': items must be text or image dicts")
-            content = [{"type": "image", "image": load_image(item.get("image"), base_dir)}
-                       if item["type"] == "image" else item for item in content]
+            if not all(isinstance(it, dict) and it.get("type") in ("text", "image")
+                       for it in content):
+                raise ValueError(f"field 'messages[{i}].content': items must be text or image "
+                                 "dicts")
+            content = [{"type": "image", "image": load_image(it.get("image"), base_dir)}
+                       if it["type"] == "image" else it for it in content]
         elif not isinstance(content, str):
             raise ValueError(f"field 'messages[{i}].content': must be str or list")
         out.append({"role": m["role"], "content": content})
@@ -70,8 +66,8 @@ def sft_row(row, base_dir, path, lineno, instruction):
 
 
 def load_rows(path, parse_row, skip_bad=False, instruction=INSTRUCTION):
-    """Every row of `path` through parse_row(row, base_dir, path, lineno, instruction); one-line DataError on the
-    first bad row. `instruction` is appended to every problem ("" for data whose problems carry their own)."""
+    """Every row of `path` through parse_row(row, base_dir, path, lineno, instruction).
+    `instruction` is appended to every problem ("" for problems that carry their own)."""
     base_dir = os.path.dirname(os.path.abspath(path))
     rows, bad = [], 0
     for lineno, row in read_records(path):
@@ -84,7 +80,8 @@ def load_rows(path, parse_row, skip_bad=False, instruction=INSTRUCTION):
     if bad:
         print(f"{path}: skipped {bad} bad rows (--skip-bad-rows)")
     if not rows:
-        raise DataError(f"{path}: no rows" + (" left after skipping the bad ones" if bad else " (empty file)"))
+        why = " left after skipping the bad ones" if bad else " (empty file)"
+        raise DataError(f"{path}: no rows{why}")
     return rows
 
 
@@ -97,8 +94,8 @@ def load_sft_rows(path, skip_bad=False, instruction=INSTRUCTION):
 
 
 def unique_labels(paths):
-    """A label per held-out file for its metrics: the file stem, or where stems collide, the
-    shortest path suffix that tells them apart (a/val.jsonl, b/val.jsonl -> a-val, b-val)."""
+    """A metrics label per held-out file: its stem, or the shortest path suffix that tells
+    colliding stems apart (a/val.jsonl, b/val.jsonl -> a-val, b-val)."""
     stems = [os.path.splitext(os.path.abspath(p))[0].split(os.sep) for p in paths]
     labels = []
     for stem in stems:
@@ -114,10 +111,11 @@ def unique_labels(paths):
 
 
 def step_indices(num_rows, per_step, step, seed):
-    """Row indices of training step `step` (SFT rows or RL prompts): a seeded permutation per epoch cut into blocks of
-    per_step, so resume needs only the step number. A dataset smaller than one step wraps around."""
+    """Row indices of training step `step`: a seeded permutation per epoch cut into blocks of
+    per_step, so resume needs only the step number. A dataset smaller than one step wraps."""
     steps_per_epoch = max(1, num_rows // per_step)
     epoch, offset = divmod(step, steps_per_epoch)
-    order = torch.randperm(num_rows, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
+    gen = torch.Generator().manual_seed(seed * 1000 + epoch)
+    order = torch.randperm(num_rows, generator=gen).tolist()
     idx = order[offset * per_step:(offset + 1) * per_step]
     return (idx * math.ceil(per_step / len(idx)))[:per_step]

@@ -1,9 +1,6 @@
-"""Reading user files, shared by the training data (data.py) and the benchmarks (benchmarks.py): rows from
-.jsonl / .json / .csv / .parquet files, and images from paths, bytes or Hugging Face image dicts.
-
-Every problem is reported as one line naming the file, the line (or row) and the field, e.g.
-`data/rl.jsonl:17: field 'images': image not found: img/17.png`; the scripts print it without a traceback.
-Row helpers raise ValueError("field 'X': ...") and the loop that knows the file and line adds the location.
+"""Reading user files for the training data (data.py) and the benchmarks (benchmarks.py): rows of
+.jsonl / .json / .csv / .parquet files, images from paths, bytes or HF image dicts. Row helpers
+raise ValueError("field 'X': ..."); the loop that knows file and line adds the location.
 """
 
 import csv
@@ -23,8 +20,8 @@ class DataError(UserError, ValueError):
 
 
 def read_records(path):
-    """[(line or row number counted from 1, row)] from a .jsonl, .json (a list of rows, a dict of rows keyed by id,
-    or JSON lines), .csv or .parquet file (parquet needs pyarrow)."""
+    """[(line or row number from 1, row)] of a .jsonl, .json (a list of rows, a dict of rows keyed
+    by id, or JSON lines), .csv or .parquet file."""
     if not os.path.exists(path):
         raise DataError(f"{path}: file not found")
     if os.path.isdir(path):
@@ -36,7 +33,8 @@ def read_records(path):
         try:
             import pyarrow.parquet as pq
         except ImportError:
-            raise MissingPackage(f"{path}: reading parquet needs pyarrow: pip install pyarrow") from None
+            raise MissingPackage(f"{path}: reading parquet needs pyarrow: "
+                                 "pip install pyarrow") from None
         try:
             return list(enumerate(pq.read_table(path).to_pylist(), start=1))
         except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
@@ -64,9 +62,10 @@ def read_records(path):
             pass  # read line by line below, which names the line
         else:
             if isinstance(rows, dict) and rows and all(isinstance(v, dict) for v in rows.values()):
-                return [(i, {"_key": key, **row}) for i, (key, row) in enumerate(rows.items(), start=1)]
+                return list(enumerate(({"_key": k, **row} for k, row in rows.items()), start=1))
             if not isinstance(rows, list):
-                raise DataError(f"{path}:1: expected a JSON list of rows or a dict of rows keyed by id")
+                raise DataError(f"{path}:1: expected a JSON list of rows or a dict of rows "
+                                "keyed by id")
             return list(enumerate(rows, start=1))
     lines = enumerate(text.splitlines(), start=1)
     return [(lineno, json_line(line, path, lineno)) for lineno, line in lines if line.strip()]
@@ -93,8 +92,8 @@ def check_row(row):
 
 def load_image(value, base_dir, field="images"):
     """A path (absolute, or relative to base_dir: the data file's folder, never the working
-    directory), raw bytes, an HF {"bytes", "path"} dict or a PIL image -> a PIL image or an
-    absolute path, checked now: the file exists and decodes in full (verify() skips JPEG data)."""
+    directory), bytes, an HF {"bytes", "path"} dict or a PIL image -> a PIL image or an absolute
+    path, checked now: the file exists and decodes in full."""
     if isinstance(value, Image.Image):
         return value
     if isinstance(value, dict):
@@ -104,7 +103,8 @@ def load_image(value, base_dir, field="images"):
             image = Image.open(io.BytesIO(value))
             image.load()
         except Exception as e:  # PIL raises several types for bad bytes
-            raise ValueError(f"field '{field}': undecodable image bytes ({type(e).__name__})") from None
+            why = type(e).__name__
+            raise ValueError(f"field '{field}': undecodable image bytes ({why})") from None
         return image
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"field '{field}': must hold paths or images, got {type(value).__name__}")
@@ -114,7 +114,7 @@ def load_image(value, base_dir, field="images"):
         raise ValueError(f"field '{field}': image not found: {rel}")
     try:
         with Image.open(path) as image:
-            image.load()  # every pixel now: a truncated file fails here, not hours into training
+            image.load()  # every pixel (verify() skips JPEG data): a truncated file fails now
     except Exception as e:
         raise ValueError(f"field '{field}': undecodable image {rel} ({one_line(e)})") from None
     return os.path.abspath(path)

@@ -1,23 +1,10 @@
-"""The answer checker shared by the rewards (training) and eval: the last \\boxed{} of a completion, then a bounded
-comparison of that answer with the gold one. Pure Python, stdlib only, and it never executes model text: a small
-expression evaluator with size and depth limits stands in for sympy, so a hostile completion costs at most a few ms.
+"""The answer checker shared by the rewards and eval: the last \\boxed{} of a completion, then a
+bounded comparison with the gold answer (paper §2.1; how it differs from the released MathRuler
+checker: docs/paper_notes.md §2). Stdlib only, and it never executes model text: a small evaluator
+with size and depth limits stands in for sympy, so a hostile completion costs at most a few ms.
 
     extract_boxed("so <think>..</think> \\boxed{\\frac{1}{2}}")  -> "\\frac{1}{2}"
-    grade("\\frac{1}{2}", "0.5") -> True      grade("(B)", "B") -> True      grade("1000000", "1000001") -> False
-
-Deviations from the released checker (MathRuler's grade_answer, PRM800K style, with sympy):
-    1. Hand-written: LaTeX normalisation, then string / element-wise / numeric comparison with a bounded expression
-       evaluator. More lenient on numbers: "\\frac{2}{4}" == "0.5" and "2\\sqrt{3}" == "\\sqrt{12}" (relative tolerance
-       1e-4), where MathRuler wants unreduced fractions to match exactly. Two integer literals must still match exactly.
-       Small values compare relatively (6.63e-34 != 9.11e-31); only an exact 0 gets an absolute margin of 1e-12.
-       Expressions in single-letter variables are compared by evaluating both sides at three fixed points.
-    2. Percent signs are dropped, as in the MATH normalisation: "50\\%" == "50", but "50\\%" != "0.5". Degree signs,
-       currency signs and a unit after a number ("5 \\text{cm}", "5 cm") are dropped too, so "5 cm" == "5 m".
-    3. Multiple choice: when the gold answer is one capital letter ("B", "(B)", "B."), the prediction counts as
-       that letter for "B", "(B)", "B.", "B)", "B: text", "\\text{B}", "Option B", "the answer is B".
-    4. Lists: bracketed tuples and intervals compare element by element in order, with the brackets themselves
-       ("[0,1)" != "[0,1]"); sets "\\{1,2\\}" and bare lists "1, 2" compare as multisets. A leading integer
-       followed by a proper fraction is a mixed number: "3\\frac{1}{2}" == 3.5.
+    grade("\\frac{1}{2}", "0.5") -> True    grade("(B)", "B") -> True
 """
 
 import math
@@ -29,7 +16,7 @@ MAX_EXPR_CHARS = 200  # the expression evaluator refuses longer strings
 MAX_EXPR_DEPTH = 50  # nesting limit of the evaluator, far below Python's recursion limit
 MAX_ITEMS = 32  # longest tuple / list compared element by element (unordered matching is quadratic)
 REL_TOL = 1e-4
-ZERO_TOL = 1e-12  # |x| below this equals an exact 0 (float noise such as sin(pi)); nonzero pairs compare relatively
+ZERO_TOL = 1e-12  # |x| below this equals an exact 0 (float noise such as sin(pi))
 
 # -----------------------------------------------------------------------------
 # Extraction
@@ -38,7 +25,7 @@ _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
 
 
 def _closing_brace(text: str, start: int) -> int:
-    """Index of the '}' matching the '{' at text[start], or -1. Escaped braces (\\{ \\}) are skipped."""
+    """Index of the '}' matching the '{' at text[start], or -1; escaped braces are skipped."""
     depth, i = 0, start
     while i < len(text):
         c = text[i]
@@ -56,7 +43,7 @@ def _closing_brace(text: str, start: int) -> int:
 
 
 def extract_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...} or \\fbox{...} (braces matched), or of "\\boxed 5"; None if absent."""
+    """Content of the last \\boxed{...} / \\fbox{...} (braces matched) or "\\boxed 5"; or None."""
     starts = [m.end() for m in _BOX_RE.finditer(text)]
     if not starts:
         return None
@@ -73,11 +60,13 @@ def extract_boxed(text: str) -> str | None:
 # -----------------------------------------------------------------------------
 # Normalisation: LaTeX answer -> canonical string
 
-_UNICODE = {"π": "\\pi", "∞": "\\infty", "−": "-", "×": "\\times", "·": "\\cdot", "÷": "\\div", "√": "\\sqrt",
-            "²": "^2", "³": "^3", "°": "^\\circ"}
-_SPACING_RE = re.compile(r"\\[,;:! ]|~|\\q?quad(?![a-zA-Z])|\\displaystyle|\\(?:left|right|[bB]igg?[lr]?)(?![a-zA-Z])")
+_UNICODE = {"π": "\\pi", "∞": "\\infty", "−": "-", "×": "\\times", "·": "\\cdot", "÷": "\\div",
+            "√": "\\sqrt", "²": "^2", "³": "^3", "°": "^\\circ"}
+_SPACING_RE = re.compile(r"\\[,;:! ]|~|\\q?quad(?![a-zA-Z])|\\displaystyle"
+                         r"|\\(?:left|right|[bB]igg?[lr]?)(?![a-zA-Z])")
 _DEGREE_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\degree(?![a-zA-Z])")
-_TEXT_CMD = r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mathit|mbox|operatorname|boldsymbol|boxed)\s*\{([^{}]*)\}"
+_TEXT_CMD = (r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mathit|mbox|operatorname|boldsymbol"
+             r"|boxed)\s*\{([^{}]*)\}")
 _TEXT_CMD_RE = re.compile(_TEXT_CMD)
 _TRAILING_TEXT_RE = re.compile(r"\s*" + _TEXT_CMD + r"(?:\^\{?\d\}?)?\s*$")
 _WORD_UNIT_RE = re.compile(r"([-+]?[\d.,]*\d)\s*(?!pi\b)[a-zA-Z]{2,}(?:\^\{?\d\}?)?")
@@ -105,7 +94,7 @@ def _strip_units(s: str) -> str:
 
 
 def _fix_shorthand(s: str) -> str:
-    """\\frac12 -> \\frac{1}{2}, \\frac1{2} / \\frac{1}2 likewise, \\sqrt2 -> \\sqrt{2} (TeX reads one token)."""
+    """\\frac12, \\frac1{2}, \\frac{1}2 -> \\frac{1}{2}; \\sqrt2 -> \\sqrt{2}: TeX reads a token."""
     s = re.sub(r"\\frac(\w)(\w)", r"\\frac{\1}{\2}", s)
     s = re.sub(r"\\frac(\w)\{", r"\\frac{\1}{", s)
     s = re.sub(r"\\frac(\{[^{}]*\})(\w)", r"\\frac\1{\2}", s)
@@ -113,9 +102,9 @@ def _fix_shorthand(s: str) -> str:
 
 
 def _strip_assignment(s: str) -> str:
-    """'x=5' -> '5', 'f(x)=2x' -> '2x', 'x\\in[0,1]' -> '[0,1]'; 'x+y=5' and 'x=1,y=2' are left alone."""
+    """'x=5' -> '5', 'f(x)=2x' -> '2x', 'x\\in[0,1]' -> '[0,1]'; 'x+y=5', 'x=1,y=2' stay."""
     m = _ASSIGN_RE.match(s)
-    if m is None or s.count("=") != (1 if m.group(0).endswith("=") else 0):  # exactly the one '=' we matched
+    if m is None or s.count("=") != (1 if m.group(0).endswith("=") else 0):  # only the matched '='
         return s
     return s[m.end():]
 
@@ -123,14 +112,15 @@ def _strip_assignment(s: str) -> str:
 def _strip_outer_braces(s: str) -> str:
     """'{{5}}' -> '5' (TeX grouping), but '{1,2}' is a set and stays."""
     for _ in range(8):
-        if not (s.startswith("{") and _closing_brace(s, 0) == len(s) - 1) or len(_split_top(s[1:-1])) > 1:
+        grouped = s.startswith("{") and _closing_brace(s, 0) == len(s) - 1
+        if not grouped or len(_split_top(s[1:-1])) > 1:
             break
         s = s[1:-1]
     return s
 
 
 def normalize_answer(s: str) -> str:
-    """Canonical lowercase form of an answer: LaTeX wrappers, units, spaces, '$', '%', 'x =' removed."""
+    """Canonical lowercase answer: LaTeX wrappers, units, spaces, '$', '%', 'x =' removed."""
     s = s.strip()
     if len(s) > MAX_ANSWER_CHARS:
         return s.lower()
@@ -141,7 +131,7 @@ def normalize_answer(s: str) -> str:
     s = _SPACING_RE.sub(" ", s)  # thin spaces and \left( \right) carry no meaning
     s = re.sub(r"\\[dtc]frac(?![a-zA-Z])", r"\\frac", s)
     s = _DEGREE_RE.sub("", s)
-    for sign in ("\\%", "%", "\\$", "$"):  # "50\%" == "50" (Deviation 2); "$" is also the math delimiter
+    for sign in ("\\%", "%", "\\$", "$"):  # "50\%" == "50" (paper_notes.md §2); "$" delimits math
         s = s.replace(sign, "")
     s = unwrap_latex(_strip_units(s))
     s = s.replace("\\{", "{").replace("\\}", "}").replace("{,}", ",")
@@ -170,7 +160,7 @@ def _tokenize(s: str) -> list[str] | None:
     while pos < len(s):
         m = _TOKEN_RE.match(s, pos)
         if m is None:
-            return None  # any other character (',', '=', '_', quotes, unknown \commands) -> not an expression
+            return None  # any other character (',', '=', '_', unknown \commands): not an expression
         tokens.append(m.group(0))
         pos = m.end()
     return tokens
@@ -185,12 +175,11 @@ def _is_number(tok: str) -> bool:
 
 
 class _Parser:
-    """
-    Recursive descent over tokens, evaluating floats as it goes:
+    """Recursive descent over tokens, evaluating floats as it goes:
         expr := term (('+'|'-') term)*        term  := unary (('*'|'/'|implicit) unary)*
         unary := ('+'|'-') unary | power      power := atom ('^' unary)?    (right-associative)
         atom  := number | var | \\pi | (expr) | {expr} | \\frac atom atom | \\sqrt [expr]? atom
-    Errors raise ValueError / ZeroDivisionError / OverflowError; the caller turns them into "not a number".
+    Raises ValueError / ZeroDivisionError / OverflowError; the caller reads them as "not a number".
     """
 
     def __init__(self, tokens: list[str], env: dict[str, float]):
@@ -236,7 +225,7 @@ class _Parser:
                 return value
 
     def unary(self) -> float:
-        # Every recursion cycle (groups, exponents, sign chains) passes through here, so one counter bounds it.
+        # every recursion cycle (groups, exponents, sign chains) passes here: one counter bounds it
         self.depth += 1
         if self.depth > MAX_EXPR_DEPTH:
             raise ValueError("expression nested too deeply")
@@ -253,7 +242,7 @@ class _Parser:
         if self.peek() != "^":
             return base
         self.take()
-        return math.pow(base, self.unary())  # raises OverflowError / ValueError instead of hanging or going complex
+        return math.pow(base, self.unary())  # raises instead of hanging or going complex
 
     def atom(self) -> float:
         tok = self.take()
@@ -284,17 +273,17 @@ class _Parser:
 
 
 def _var_value(name: str, k: int) -> float:
-    """Deterministic, non-integer test point k for variable `name` (the same on both sides of a comparison)."""
+    """Deterministic, non-integer test point k for variable `name` (same on both sides)."""
     return 0.37 + 0.29 * (ord(name) - ord("a")) + 0.83 * k
 
 
 @lru_cache(maxsize=4096)
 def _evaluate(s: str) -> tuple[frozenset, tuple[float, ...]] | None:
-    """(variable names, values at the test points) of a normalised answer, or None if it is not an expression."""
+    """(variable names, values at the test points) of a normalised answer, or None."""
     if not s or len(s) > MAX_EXPR_CHARS:
         return None
     m = _MIXED_RE.fullmatch(s)
-    if m and 0 < int(m.group(3)) < int(m.group(4)):  # "3\frac{1}{2}" is a mixed number, 3.5 (Deviation 4)
+    if m and 0 < int(m.group(3)) < int(m.group(4)):  # "3\frac{1}{2}" is a mixed number, 3.5
         value = int(m.group(2)) + int(m.group(3)) / int(m.group(4))
         return frozenset(), (-value if m.group(1) else value,)
     tokens = _tokenize(s)
@@ -332,7 +321,7 @@ def _split_top(s: str) -> list[str]:
 
 
 def _encloses(s: str) -> bool:
-    """True if s[0] opens a bracket closed by s[-1] (brackets may mix, as in the interval '[0,1)')."""
+    """True if s[0] opens a bracket closed by s[-1] (they may mix, as in the interval '[0,1)')."""
     depth = 0
     for i, c in enumerate(s):
         depth += c in "([{"
@@ -362,14 +351,14 @@ def _match_unordered(xs: list[str], ys: list[str], depth: int) -> bool:
 
 
 def _close(x: float, y: float) -> bool:
-    """Relative comparison, so 6.63e-34 != 9.11e-31 and 1e-9 != 0; only an exact 0 gets an absolute margin."""
+    """Relative: 6.63e-34 != 9.11e-31 and 1e-9 != 0; only an exact 0 gets an absolute margin."""
     if x == 0 or y == 0:
         return abs(x - y) <= ZERO_TOL
     return math.isclose(x, y, rel_tol=REL_TOL)
 
 
 def _equal(a: str, b: str, depth: int = 0) -> bool:
-    """Compare two normalised answers: string, then union / sequence structure, then numeric value."""
+    """Two normalised answers: string, then union / sequence structure, then numeric value."""
     if not a or not b:
         return False  # an empty answer never matches, even an empty gold
     if a == b:
@@ -378,7 +367,8 @@ def _equal(a: str, b: str, depth: int = 0) -> bool:
         return False
     if "\\cup" in a or "\\cup" in b:
         parts_a, parts_b = a.split("\\cup"), b.split("\\cup")
-        return len(parts_a) == len(parts_b) and all(_equal(x, y, depth + 1) for x, y in zip(parts_a, parts_b))
+        return len(parts_a) == len(parts_b) and all(
+            _equal(x, y, depth + 1) for x, y in zip(parts_a, parts_b))
     seq_a, seq_b = _as_sequence(a), _as_sequence(b)
     if seq_a or seq_b:
         if not (seq_a and seq_b) or seq_a[0] != seq_b[0] or len(seq_a[1]) != len(seq_b[1]):
@@ -397,36 +387,37 @@ def _equal(a: str, b: str, depth: int = 0) -> bool:
 
 
 def plain_text(s: str) -> str:
-    """LaTeX wrappers, "$" and markdown bold removed, outer whitespace stripped: \\text{B} -> B, $x$ -> x, **B** -> B."""
+    """LaTeX wrappers, "$", markdown bold, outer spaces removed: \\text{B}, $B$, **B** -> B."""
     return unwrap_latex(str(s)).replace("$", "").replace("**", "").strip()
 
 
-_GOLD_CHOICE_RE = re.compile(r"\(?([A-Z])\)?\.?")  # a gold answer that is one option letter: "B", "(B)", "B."
+_GOLD_CHOICE_RE = re.compile(r"\(?([A-Z])\)?\.?")  # a gold option letter: "B", "(B)", "B."
 # a predicted letter: "B", "(B)", "B.", "B)", "B: text", "(B) text", "Option B", "the answer is B"
-_PRED_CHOICE_RE = re.compile(r"(?:(?:the\s+)?(?:correct\s+)?(?:option|choice|answer)(?:\s+is)?\s*[:\-]?\s*)?"
-                             r"(?:\((?P<paren>[A-Za-z])\)(?:\s.*)?|(?P<bare>[A-Za-z])(?:[.:)．：]\s*.*)?)", re.I | re.S)
+_PRED_CHOICE_RE = re.compile(
+    r"(?:(?:the\s+)?(?:correct\s+)?(?:option|choice|answer)(?:\s+is)?\s*[:\-]?\s*)?"
+    r"(?:\((?P<paren>[A-Za-z])\)(?:\s.*)?|(?P<bare>[A-Za-z])(?:[.:)．：]\s*.*)?)", re.I | re.S)
 
 
 def gold_choice_letter(gold: str) -> str | None:
-    """The option letter a gold answer names ("B", "(B)", "B."), or None when it is not a single letter."""
+    """The option letter a gold answer names ("B", "(B)", "B."), or None."""
     m = _GOLD_CHOICE_RE.fullmatch(plain_text(gold))
     return m.group(1) if m else None
 
 
 def choice_letter(text: str) -> str | None:
-    """The option letter a predicted answer names, upper case, or None (shared with benchmarks.extract_choice)."""
+    """The option letter a predicted answer names, upper case, or None."""
     m = _PRED_CHOICE_RE.fullmatch(plain_text(text))
     return (m.group("paren") or m.group("bare")).upper() if m else None
 
 
 def grade(pred: str, gold: str) -> bool:
-    """True if the predicted answer is equivalent to the gold answer (see the module docstring)."""
+    """True if the predicted answer is equivalent to the gold answer."""
     if not isinstance(pred, str) or not isinstance(gold, str):
         return False
     pred, gold = pred.strip(), gold.strip()
     if not pred or not gold or len(pred) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS:
         return False
     gold_letter = gold_choice_letter(gold)
-    if gold_letter is not None:  # multiple choice (Deviation 3)
+    if gold_letter is not None:  # multiple choice: the prediction must name that letter
         return choice_letter(pred) == gold_letter
     return _equal(normalize_answer(pred), normalize_answer(gold))

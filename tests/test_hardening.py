@@ -227,6 +227,8 @@ def test_model_folders_are_checked_and_hub_ids_pass(tmp_path, tiny_dir, qwen_dir
     monkeypatch.delenv("HF_HUB_OFFLINE")
     hub_id = "Qwen/Qwen2.5-VL-7B-Instruct"
     assert check_model_path(hub_id) == hub_id  # passed through to from_pretrained
+    with pytest.raises(UserError, match="not a hub id"):  # the scripts resolve 'tiny' themselves
+        check_model_path("tiny")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ GRADE_CASES = [
     ("\\frac12", "\\frac{1}{2}", True),
     ("\\frac1{2}", "0.5", True),
     ("\\frac{1}2", "0.5", True),
-    ("\\frac{2}{4}", "\\frac{1}{2}", True),  # lenient: equal value (Deviation 1)
+    ("\\frac{2}{4}", "\\frac{1}{2}", True),  # lenient: equal value (docs/paper_notes.md §2)
     ("-\\frac{1}{2}", "-0.5", True),
     ("\\frac{-1}{2}", "-\\frac{1}{2}", True),
     ("\\frac{1}{3}", "0.33333", True),
@@ -117,7 +117,7 @@ GRADE_CASES = [
     ("\\$1,000", "1000", True),
     ("50\\%", "50", True),
     ("50%", "50", True),
-    ("50\\%", "0.5", False),  # percent sign dropped, not divided by 100 (Deviation 2)
+    ("50\\%", "0.5", False),  # percent sign dropped, not divided by 100 (docs/paper_notes.md §2)
     ("1,000", "1000", True),
     ("1{,}000", "1000", True),
     ("1\\,000", "1000", True),
