@@ -22,7 +22,7 @@ from nanorevisual.model import load_model_and_processor  # noqa: E402
 from nanorevisual.processor import vision_token_ids  # noqa: E402
 from nanorevisual.prompts import encode_prompts  # noqa: E402
 from nanorevisual.rollout import sampling_kwargs  # noqa: E402
-from nanorevisual.toy import ensure_toy_data  # noqa: E402
+from nanorevisual.toy import ensure_tiny_model, ensure_toy_data  # noqa: E402
 
 
 def main():
@@ -37,7 +37,8 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(min(2, os.cpu_count()))
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
-    model, processor = load_model_and_processor(args.model, dtype=dtype, device=args.device)
+    path = ensure_tiny_model() if args.model == "tiny" else args.model
+    model, processor = load_model_and_processor(path, dtype=dtype, device=args.device)
     model.eval()
     toy = ensure_toy_data()
     rows = (load_rl_rows(os.path.join(toy, "mm_val.jsonl")) + load_rl_rows(os.path.join(toy, "text_val.jsonl")))

@@ -27,7 +27,7 @@ from nanorevisual.data import load_rl_rows  # noqa: E402
 from nanorevisual.model import load_model_and_processor  # noqa: E402
 from nanorevisual.processor import vision_token_ids  # noqa: E402
 from nanorevisual.rollout import generate_rollouts  # noqa: E402
-from nanorevisual.toy import ensure_toy_data  # noqa: E402
+from nanorevisual.toy import ensure_tiny_model, ensure_toy_data  # noqa: E402
 
 
 def resized(messages, size, folder):
@@ -60,7 +60,7 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    model, processor = load_model_and_processor("tiny", min_pixels=args.min_pixels, max_pixels=args.max_pixels)
+    model, processor = load_model_and_processor(ensure_tiny_model(), min_pixels=args.min_pixels, max_pixels=args.max_pixels)
     model.eval()
     rows = load_rl_rows(os.path.join(ensure_toy_data(), "mm_val.jsonl"))[:args.prompts]
     messages = [r["messages"] for r in rows]

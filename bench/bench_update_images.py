@@ -26,7 +26,7 @@ from nanorevisual.logprobs import collate_rollouts, completion_logps, expand_ima
 from nanorevisual.model import load_model_and_processor  # noqa: E402
 from nanorevisual.processor import vision_token_ids  # noqa: E402
 from nanorevisual.rollout import generate_rollouts  # noqa: E402
-from nanorevisual.toy import ensure_toy_data  # noqa: E402
+from nanorevisual.toy import ensure_tiny_model, ensure_toy_data  # noqa: E402
 
 
 def main():
@@ -40,7 +40,7 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    model, processor = load_model_and_processor("tiny", min_pixels=args.min_pixels,
+    model, processor = load_model_and_processor(ensure_tiny_model(), min_pixels=args.min_pixels,
                                                 max_pixels=4194304 if args.min_pixels else None)
     suppress = vision_token_ids(processor)
     rows = load_rl_rows(os.path.join(ensure_toy_data(), "mm_val.jsonl"))[:args.prompts]
