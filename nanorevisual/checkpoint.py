@@ -11,6 +11,7 @@ import os
 import random
 import shutil
 import socket
+import time
 import subprocess
 
 import numpy as np
@@ -154,7 +155,10 @@ def lock_out_dir(out_dir):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = read_lock(fd)
+            holder, tries = read_lock(fd), 0
+            while not holder and tries < 100:  # the owner writes its pid right after locking
+                time.sleep(0.01)
+                holder, tries = read_lock(fd), tries + 1
             os.close(fd)
             who = f"pid {holder.get('pid')} on {holder.get('host')}"
             raise UserError(f"{out_dir}: in use by another run ({who}); wait for it to end, or "
