@@ -11,8 +11,8 @@ import os
 import random
 import shutil
 import socket
-import time
 import subprocess
+import time
 
 import numpy as np
 import torch
