@@ -1,16 +1,22 @@
 """
 Tests for nanorevisual/grader.py (the math answer checker, table-driven, and box extraction) and
-nanorevisual/rewards.py (the format, length and accuracy rewards, and their weighted combination). Pure Python, hermetic, well under a second:
+nanorevisual/rewards.py (the accuracy, format and length rewards, the released heuristics, equal to
+the released code's on ~30 texts, and their weighted combination). Pure Python, hermetic, about a
+second:
 
     python -m pytest -q tests/test_rewards.py
 """
 
+import re
 import time
 
 import pytest
 
+import released_math_reward as released  # the released reward, verbatim: the parity reference
 from nanorevisual.grader import extract_boxed, grade, normalize_answer
-from nanorevisual.rewards import accuracy_reward, compute_rewards, format_reward, length_reward
+from nanorevisual.rewards import (RELEASED_WEIGHTS, accuracy_reward, compute_rewards,
+                                  format_reward, image_revisit_reward, length_reward,
+                                  repetition_reward, self_critique_reward)
 
 GOOD = "<think>3+4=7</think> \\boxed{7}"  # the module docstring's example completion
 
@@ -364,3 +370,181 @@ def test_compute_rewards_unknown_component():
 def test_compute_rewards_length_mismatch():
     with pytest.raises(ValueError, match="mismatch"):
         compute_rewards([GOOD, GOOD], ["7"], [10, 10], weights={"accuracy": 1.0}, length_budget=100)
+
+
+# -----------------------------------------------------------------------------
+# The released heuristics
+
+@pytest.mark.parametrize("text,expected", [
+    ("Wait, I made a mistake. The correct answer is 7.", 0.12 + 0.06 + 0.25),  # 2 keywords, a pair
+    ("wait wait wait, is it 5?", 0.06 * (1 + 0.5 * 2)),  # diminishing returns
+    ("The base is 6. The height is 4. Wait, it is 5. So the area is 15.", 0.06 + 0.1),  # late
+    ("The base is 6 and the height is 4, so the area is 12.", 0.0),
+    ("wait, no", 0.0),  # under 10 characters
+    ("", 0.0),
+    ("Wait, that is wrong. I made a mistake and an error. This is incorrect, invalid, a flaw. "
+     "Let me reconsider and verify. The correct answer is 5.", 1.0),  # many keywords: capped
+])
+def test_self_critique_reward(text, expected):
+    assert self_critique_reward(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("In the image, a triangle has base 6.", 0.2),  # one reference
+    ("The image shows a triangle.", 0.2 + 0.3),  # a reference and (released oddity) a revisit
+    ("The area is 12.", 0.0),
+    ("", 0.0),
+    ("The image shows a triangle. In the image the base is 6. Looking at the image again, "
+     "the base is 8. I see that the area is 16.", 1.0),  # 0.4 (capped) + 0.3 + 0.3
+])
+def test_image_revisit_reward(text, expected):
+    assert image_revisit_reward(text) == expected
+
+
+REPEATED = "So maybe x is 5. But wait, maybe x is 5. " * 10
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("The base is 6. The height is 4. So the area is 12.", 1.0),
+    ("", 1.0),
+    ("The base is 6. The base is 6.", 1.0 - 0.1),  # one repeated sentence
+    ("x is 5 But wait x is 5", 1.0 - 0.1),  # one circular pattern
+    (REPEATED, 0.0),  # every penalty at its cap: floored at 0
+])
+def test_repetition_reward(text, expected):
+    assert repetition_reward(text) == expected
+
+
+REASONING = (
+    "<think>The image shows a right triangle with legs 6 and 8. By Pythagoras, c^2 = 36 + 64. "
+    "Wait, that is wrong: I added 36 and 46. Let me recalculate. 36 + 64 = 100, so c = 10. "
+    "Looking at the image again, the right angle is between the legs. I see that c = 10."
+    "</think>\nThe hypotenuse is \\boxed{10}.")
+PARITY_TEXTS = [
+    "", " ", "\n\n", "short", "wait", "Wait, no.", "0123456789", "I made a mistake.",
+    REASONING,
+    REASONING.replace(" ", "  ").replace(".", "..."),  # doubled spaces and ellipses
+    "< think >The figure shows 3 apples . < / think > \\boxed{ 3 / 4 }",  # spaced tags
+    "<think></think>\\boxed{}",
+    "Hmm... I'm not sure. Maybe it is 5? Perhaps 6. I think 5. I wonder. Alternatively, 7. "
+    "On the other hand, 5. Is that right? Did I miss something? On second thought, wait a second.",
+    "I was mistaken. That's not right. This contradicts the premise. I need to reconsider. "
+    "This doesn't make sense. I made an error. A contradiction! A flaw. Invalid. Wrong.",
+    "Let me reconsider. Let's revise it. Let's rethink. Let me check again. Double-check: ok. "
+    "Re-evaluate, reassess, revisit. Let's try again. I should recalculate. I need to verify.",
+    "This seems incorrect. We made a miscalculation. Actually, we should use 8. The error was "
+    "that I added. We missed the sign. This leads to the correct result. Now, the correct answer.",
+    "Hold on, this might be right. Upon reconsideration, I see the point. However, I am unsure. "
+    "But it does not seem right. After checking, we find 4. Oh, it doesn't look accurate.",
+    "1. First. 2. Second. 3. Third. 4. Wait, the fourth is wrong. 5. The correct value is 9.",
+    "maybe x = 2. But wait, it could be 3. So maybe x = 2. But actually maybe x = 2.",
+    "So maybe 4. So maybe 5. Wait, but why? Wait, but how? Wait, maybe 6. Wait, maybe 7.",
+    "But the image shows a cat. But the image depicts a dog. But the image displays a bird.",
+    "the answer is 5. the answer is 5. the answer is 5. the answer is 5. the answer is 5.",
+    REPEATED,
+    "Upon closer inspection, the diagram is a square. Actually, it is a rhombus. Taking another "
+    "look, no, the figure is a kite. Contrary to my guess, now I see. This confirms it.",
+    "Revisiting the figure, the angle is 30. In fact it is 45. Checking the diagram again: "
+    "I overlooked the label. Let me look at the image again. I didn't notice the arc.",
+    "If I look at the figure more carefully, the side is 4. Then it becomes clear. An attribute "
+    "of the image is its color, as shown. The value is displayed. According to the image, 4.",
+    "等一下，我算错了。Wait, that is wrong. Die Antwort ist falsch. ¿Es correcto? 答案是 5。",
+    "ÉTAPE 1. İstanbul. Wait… the résumé is incorrect. Ω = 5. ∑ x = 10! Now, the right answer.",
+    "The image shows the graph.\nThe image shows the graph.\nBut wait\nthe image\nshows it.",
+    "Let me compute. " * 40 + "\\boxed{40}",
+    "word " * 60,
+    "A. B. C. D.",
+    "From the image, the base is 6 and the height is 4.",
+    "In the image and from the image and as shown, the angle is 30.",  # references capped at 0.4
+]
+
+
+@pytest.mark.parametrize("text", PARITY_TEXTS)
+def test_heuristics_equal_the_released_code(text):
+    assert self_critique_reward(text) == released.self_critic_reward(text)
+    assert image_revisit_reward(text) == released.image_revisit_reward(text)
+    assert repetition_reward(text) == released.repetition_penalty_reward(text)
+
+
+def test_parity_texts_exercise_every_heuristic():
+    """The parity texts reach both ends of each heuristic and values in between."""
+    for ours in (self_critique_reward, image_revisit_reward, repetition_reward):
+        scores = {ours(t) for t in PARITY_TEXTS}
+        assert {0.0, 1.0} <= scores and len(scores) >= 6, (ours.__name__, scores)
+
+
+@pytest.mark.parametrize("n", [0, 1, 99, 100, 101, 1000, 1099, 1100, 1101, 5000])
+def test_length_reward_is_the_released_l1_max(n):
+    assert length_reward(n, 1000) == released.length_reward_l1_max(n, 1000)
+
+
+def test_released_weights_total(monkeypatch):
+    """compute_rewards with RELEASED_WEIGHTS (+ length 0.05 when use_efficient) is the released
+    compute_score's overall, MathRuler's grader swapped for ours."""
+    monkeypatch.setattr(released, "accuracy_reward", accuracy_reward)
+    texts = [REASONING, GOOD, PARITY_TEXTS[10], "<think>x</think> \\boxed{8}", PARITY_TEXTS[19]]
+    golds, lengths = ["10", "7", "3/4", "7", "5"], [900, 20, 1000, 1100, 1050]
+    for efficient in (False, True):
+        weights = {**RELEASED_WEIGHTS, "length": 0.05} if efficient else RELEASED_WEIGHTS
+        scores = released.compute_score(texts, golds, lengths, efficient, 1000)
+        want = [score["overall"] for score in scores]
+        totals, components = compute_rewards(texts, golds, lengths, weights=weights,
+                                             length_budget=1000)
+        # the released 1 - w - w - 2w is 0.7999999999999999 in floats, ours 0.8: last bits differ
+        assert totals == pytest.approx(want, rel=0, abs=1e-15)
+        as_released = {**weights, "accuracy": 1 - 0.05 - 0.05 - 0.05 * 2}
+        assert compute_rewards(texts, golds, lengths, weights=as_released,
+                               length_budget=1000)[0] == want
+        assert components["accuracy"] == [1.0, 1.0, 1.0, 0.0, 0.0]
+
+
+def test_compute_rewards_heuristics_only_when_weighted():
+    spaced = "Wait. x < y. x <y."  # the released normalisation makes the last two sentences equal
+    _, components = compute_rewards([spaced], ["1"], [10], length_budget=100,
+                                    weights={"accuracy": 1.0, "repetition": 0.0})
+    assert set(components) == {"accuracy", "format", "length"}
+    _, components = compute_rewards([spaced], ["1"], [10], weights={"repetition": 0.05},
+                                    length_budget=100)
+    assert repetition_reward(spaced) == 1.0
+    assert components["repetition"] == [1.0 - 0.1]
+    assert components["repetition"] == [released.repetition_penalty_reward("Wait. x<y. x<y.")]
+
+
+# docs/paper_notes.md §2's worked example: a G = 8 group, every answer right
+EXAMPLE_GROUP = [
+    "<think>The image shows a right triangle with legs 6 and 8. By Pythagoras the hypotenuse is "
+    "sqrt(36 + 64) = 10.</think> \\boxed{10}",
+    "<think>Legs 6 and 8, so c = sqrt(36 + 64) = sqrt(100) = 10.</think> \\boxed{10}",
+    "<think>The legs are 6 and 8. So c^2 = 36 + 64 = 100. Wait, let me double-check: "
+    "36 + 64 = 100. So c = 10.</think> \\boxed{10}",
+    "<think>In the image the legs are 6 and 8. Maybe the hypotenuse is 14? That is wrong, the "
+    "sides do not add. The correct answer is sqrt(36 + 64) = 10.</think> \\boxed{10}",
+    "<think>The legs are 6 and 8. The hypotenuse is 10. The legs are 6 and 8. The hypotenuse is "
+    "10.</think> \\boxed{10}",
+    "<think>The figure shows legs 6 and 8. Looking at the image again, the right angle is between "
+    "them. I see that c = sqrt(6^2 + 8^2) = 10.</think> \\boxed{10}",
+    "<think>6-8-10 is a Pythagorean triple, twice 3-4-5.</think> \\boxed{10}",
+    "<think>c = sqrt(6^2 + 8^2). Hmm, I think that is 10. But maybe I should verify: "
+    "36 + 64 = 100, and sqrt(100) = 10.</think> \\boxed{10}",
+]
+
+
+def test_paper_notes_worked_example():
+    """The numbers docs/paper_notes.md §2 quotes (3 or 4 decimals, hence the rounding)."""
+    import torch
+
+    from nanorevisual.grpo import PAD_PRESETS, group_advantages, pad_distribution
+    totals, parts = compute_rewards(EXAMPLE_GROUP, ["10"] * 8, [60] * 8, weights=RELEASED_WEIGHTS,
+                                    length_budget=1024)
+    assert parts["accuracy"] == [1.0] * 8
+    assert [round(x, 2) for x in parts["self_critique"]] == [0, 0, 0.25, 0.38, 0, 0, 0, 0.17]
+    assert [round(x, 1) for x in parts["image_revisit"]] == [0.5, 0, 0, 0.2, 0, 0.8, 0, 0]
+    assert [round(x, 2) for x in parts["repetition"]] == [1, 1, 0.95, 1, 0.8, 1, 1, 0.9]
+    assert [round(t, 4) for t in totals] == [0.875, 0.85, 0.86, 0.879, 0.84, 0.89, 0.85, 0.8535]
+    advantages = group_advantages(torch.tensor(totals), 8)  # float32, as train_grpo.py
+    assert [round(a, 3) for a in advantages.tolist()] == \
+        [0.741, -0.705, -0.127, 0.973, -1.284, 1.61, -0.705, -0.503]
+    code = PAD_PRESETS["code"]
+    assert pad_distribution(advantages, **code)[0].tolist() == [0, 1, 2, 6, 7]  # 0.03 < |A| < 0.97
+    accuracy_only = group_advantages(torch.tensor(parts["accuracy"]), 8)  # all 0: nothing passes
+    assert pad_distribution(accuracy_only, **code)[0].tolist() == []
