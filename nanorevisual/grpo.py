@@ -145,6 +145,13 @@ def pad_select(advantages: torch.Tensor, *, t_low: float, t_high: float, ratio: 
 # Policy loss
 
 
+def loss_tokens(agg: str, mask: torch.Tensor, step_tokens: int, n_micro: int):
+    """policy_loss's num_tokens. "step": the optimizer step's token count on all ranks, one token
+    mean per step (Deviation 4); "microbatch": this micro-batch's tokens x the step's micro-batch
+    count, the released token mean per micro-batch / the accumulation count."""
+    return step_tokens if agg == "step" else mask.sum() * n_micro
+
+
 def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor,
                 mask: torch.Tensor, *, clip_low: float = 0.2, clip_high: float = 0.25,
                 dual_clip: float | None = 3.0, ref_logps: torch.Tensor | None = None,

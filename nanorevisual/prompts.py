@@ -10,6 +10,8 @@ from nanorevisual.files import open_image
 INSTRUCTION = (" You FIRST think about the reasoning process step by step as an internal monologue"
                " and then provide the final answer. The reasoning process MUST BE enclosed within"
                " <think> </think> tags. The final answer MUST BE put in \\boxed{}.")
+# the released eval's system message (eval/src/main.py): the instruction minus "step by step"
+RELEASED_SYSTEM_PROMPT = INSTRUCTION.strip().replace(" step by step", "")
 IGNORE_INDEX = -100
 
 
