@@ -59,7 +59,7 @@ def encode_prompts(processor, messages_list):
 
 def filter_long_prompts(processor, rows, max_tokens, batch_size=64):
     """(rows whose generation prompt has <= max_tokens tokens, number dropped), counting image
-    tokens expanded (the released filter counts one placeholder per image)."""
+    tokens expanded (released: the characters of the rendered chat, one placeholder per image)."""
     kept = []
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size]
