@@ -26,7 +26,8 @@ from nanorevisual.common import UserError, check_flags, default_dtype, one_line_
 from nanorevisual.dist import print0
 from nanorevisual.model import check_model_path, is_toy_model, load_model_and_processor, load_policy
 from nanorevisual.processor import load_processor, vision_token_ids
-from nanorevisual.prompts import INSTRUCTION, build_messages, filter_long_prompts
+from nanorevisual.prompts import (INSTRUCTION, RELEASED_SYSTEM_PROMPT, build_messages,
+                                  filter_long_prompts)
 from nanorevisual.rollout import generate_rollouts
 
 # ------------------------------------------------------------------------------------------------
@@ -60,13 +61,25 @@ parser.add_argument("--deterministic", type=int, default=0, help="1: determinist
 # Output
 parser.add_argument("--out-dir", default="runs/eval", help="predictions, results, config go here")
 parser.add_argument("--compare", default=None, help="'paper' or a results.json: print differences")
+parser.add_argument("--recipe", choices=["paper", "released"], default="paper", help="released: "
+                    "temperature 0.3, top-p 0.95, the instruction as the system message (RECIPE)")
+RECIPE = {"paper": {}, "released": dict(temperature=0.3, top_p=0.95)}  # released eval/src/main.py
 
 # flags that change what a prediction means: a resume must not mix them
 GENERATION_KEYS = ("model", "temperature", "top_p", "max_new_tokens", "min_pixels", "max_pixels",
-                   "instruction")
+                   "instruction", "recipe")
 
 # ------------------------------------------------------------------------------------------------
 # pure helpers
+
+
+def item_messages(item, recipe, instruction):
+    """The chat of one item: the training prompt, or (released) the instruction without "step by
+    step" as the system turn and the problem alone as the user turn."""
+    if recipe == "released":
+        return [{"role": "system", "content": RELEASED_SYSTEM_PROMPT},
+                *build_messages(item["problem"], item["images"], "")]
+    return build_messages(item["problem"], item["images"], instruction)
 
 
 def parse_data_spec(spec):
@@ -234,6 +247,7 @@ def open_append(path):
 # ------------------------------------------------------------------------------------------------
 if __name__ == "__main__":
     one_line_errors(parser)
+    parser.set_defaults(**RECIPE[parser.parse_known_args()[0].recipe])  # explicit flags still win
     args = parser.parse_args()
     args.model = toy.ensure_tiny_model() if args.model == "tiny" else check_model_path(args.model)
     tiny = is_toy_model(args.model)
@@ -283,7 +297,7 @@ if __name__ == "__main__":
             raise UserError(f"--data {label}={path}: no items in the file")
         for r in recs:
             r["benchmark"] = label  # the --data label names the results row
-            r["messages"] = build_messages(r["problem"], r["images"], instruction)
+            r["messages"] = item_messages(r, args.recipe, instruction)
         if processor is not None:
             recs, dropped[label] = filter_long_prompts(processor, recs, args.max_prompt_length)
             if not recs:

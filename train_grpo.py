@@ -24,13 +24,13 @@ from nanorevisual.common import (MetricsLogger, Timer, UserError, autocast, chec
                                  key_values, nonfinite_streak, one_line_errors, set_seed,
                                  truncate_jsonl)
 from nanorevisual.dist import print0
-from nanorevisual.grpo import (PAD_KNOBS, PAD_PRESETS, entropy_coef, group_advantages, pad_select,
-                               pad_tau, policy_loss)
+from nanorevisual.grpo import (PAD_KNOBS, PAD_PRESETS, entropy_coef, group_advantages, loss_tokens,
+                               pad_select, pad_tau, policy_loss)
 from nanorevisual.logprobs import collate_rollouts, completion_logps
 from nanorevisual.model import check_model_path, count_params, is_toy_model, load_policy
 from nanorevisual.plan import plan_token_counts, plan_update
 from nanorevisual.processor import load_processor, vision_token_ids
-from nanorevisual.rewards import COMPONENTS, accuracy_reward, compute_rewards
+from nanorevisual.rewards import COMPONENTS, RELEASED_WEIGHTS, accuracy_reward, compute_rewards
 from nanorevisual.rollout import generate_rollouts, sampling_kwargs
 
 # -------------------------------------------------------------------------------------------------
@@ -38,6 +38,8 @@ from nanorevisual.rollout import generate_rollouts, sampling_kwargs
 parser = argparse.ArgumentParser(description="GRPO + PAD (ReVisual-R1 stages 2 and 3)")
 add = parser.add_argument
 add("--stage", choices=["mrl", "trl"], default="mrl", help="mrl: multimodal RL, trl: text RL")
+add("--recipe", choices=["paper", "released"], default="paper", help="released: the released "
+    "code's PAD, rewards, KL, entropy and loss aggregation (RECIPE below)")
 add("--model", "--init", dest="model", default=None, help="the previous stage's final/ folder")
 add("--data", default=None, help="RL JSONL/JSON/parquet: problem, answer, images")
 add("--val-data", nargs="*", default=None, help="held-out files for the periodic eval")
@@ -66,6 +68,8 @@ add("--dual-clip", type=float, default=3.0, help="dual-clip constant c for A < 0
 add("--optim-batch-seqs", type=int, default=1024, help="sequences per optimizer step (0: all)")
 add("--micro-batch-size", type=int, default=2, help="max sequences per forward/backward per rank")
 add("--micro-batch-tokens", type=int, default=0, help="padded-token budget per micro-batch")
+add("--loss-agg", choices=["step", "microbatch"], default="step", help="token mean per optimizer "
+    "step, or per micro-batch / their count, averaged over ranks (released)")
 add("--scale-by-std", type=int, default=1, help="1: A = (r-mean)/std (GRPO), 0: r-mean (Dr. GRPO)")
 add("--entropy-coef", type=float, default=None, help="entropy bonus after the warm-up (stage)")
 add("--entropy-warmup", type=int, default=None, help="updates with no entropy bonus (stage)")
@@ -90,6 +94,7 @@ add("--eval-temperature", type=float, default=0.3, help="held-out sampling tempe
 add("--eval-limit", type=int, default=0, help="evaluate the first N held-out prompts (0: all)")
 one_line_errors(parser)
 args, _ = parser.parse_known_args()  # --help stops here, showing the paper's values
+paper = {k: parser.get_default(k) for k in vars(args)}
 
 STAGE = {  # paper §5.1, Table 5: trl freezes vision, adds a k3 KL and an entropy bonus
     "mrl": dict(kl_coef=0.0, freeze_vision=0, entropy_coef=0.0, entropy_warmup=0),
@@ -99,14 +104,22 @@ TOY = dict(  # measured on the toy (1e-4 collapsed); pixels: the tiny processor'
     weight_decay=0.0, optim_batch_seqs=0, micro_batch_size=64, length_budget=24, eval_every=25,
     max_steps={"mrl": 150, "trl": 60}[args.stage], eval_temperature=0.0, max_prompt_length=0,
     min_pixels=None, max_pixels=None)
+RECIPE = {"paper": {}, "released": dict(  # released examples/config.yaml, every stage (Deviation 6)
+    pad="code", kl_coef=1e-2, entropy_coef=0.02, entropy_warmup=20, loss_agg="microbatch",
+    rewards=[f"{k}={w}" for k, w in RELEASED_WEIGHTS.items()])}[args.recipe]  # math.py's weights
 default_model = {"mrl": "runs/sft/final", "trl": "runs/mrl/final"}[args.stage]
 if args.model is None and not os.path.exists(os.path.join(default_model, "config.json")):
     previous = "python train_sft.py" if args.stage == "mrl" else "python train_grpo.py --stage mrl"
     raise UserError(f"--model not given and {default_model} not found: run {previous} first")
 args.model = args.model or default_model
 model_path = toy.ensure_tiny_model() if args.model == "tiny" else check_model_path(args.model)
-parser.set_defaults(**STAGE, **(TOY if is_toy_model(model_path) else {}))
-args = parser.parse_args()  # explicit flags win over STAGE and TOY
+layers = [("paper", paper), (f"stage {args.stage}", STAGE), ("toy", TOY if is_toy_model(model_path)
+          else {}), (f"recipe {args.recipe}", RECIPE)]  # later layers win, explicit flags over all
+chosen = {k: v for _, layer in layers for k, v in layer.items()}
+parser.set_defaults(**chosen)
+args = parser.parse_args()
+source = {k: "flag" if v != chosen.get(k) else next(n for n, layer in layers[::-1] if k in layer)
+          for k, v in vars(args).items()}  # where each value came from, saved with it
 args.model, args.out_dir = model_path, args.out_dir or f"runs/{args.stage}"
 reward_weights = key_values("--rewards", args.rewards, dict.fromkeys(COMPONENTS, float), "w_")
 pad_cfg = {**PAD_PRESETS[args.pad], "tau_start": 1.0, "tau_end": 0.3, "empty": "skip",  # §4.1.1
@@ -118,11 +131,13 @@ if args.group_size == 1 and args.scale_by_std:
     raise UserError("--group-size 1: every group-normalised advantage is 0; use G >= 2")
 if is_toy_model(model_path) and (args.data is None or args.val_data is None):
     train_file, val_files = toy.rl_files(args.stage)
+    source.update({k: "toy" for k in ("data", "val_data") if getattr(args, k) is None})
     args.data = args.data or train_file
     args.val_data = val_files if args.val_data is None else args.val_data  # --val-data alone: none
 if not args.data:
     raise UserError("--data is required for a real model (an RL JSONL/JSON/parquet file)")
-user_config = dict(vars(args), pad_config={k: str(v) for k, v in pad_cfg.items()})
+user_config = dict(vars(args), pad_config={k: str(v) for k, v in pad_cfg.items()},
+                   source={k: v for k, v in source.items() if v != "paper"})
 select_cfg = {k: v for k, v in pad_cfg.items() if k not in ("tau", "tau_start", "tau_end", "empty")}
 
 # -------------------------------------------------------------------------------------------------
@@ -218,7 +233,8 @@ def stored_logps(net, seqs, my_plan):
 
 def optimizer_step(seqs, advantages, s, micro_batches, old, ref, coef):
     """One optimizer step over this rank's micro-batches of step `s` -> (token-summed stats, norm).
-    Each loss is a token SUM / the step's token count on all ranks: one token mean per step."""
+    --loss-agg step: each loss is a token SUM / the step's token count on all ranks (Deviation 4);
+    microbatch: a token mean / the micro-batch count, FSDP's average over ranks kept (released)."""
     mine = sum(seqs[i]["num_tokens"] for mb in micro_batches for i in mb)
     step_tokens = max(dist.all_reduce_dict({"tokens": mine}, device)["tokens"], 1)
     totals = {}
@@ -229,8 +245,10 @@ def optimizer_step(seqs, advantages, s, micro_batches, old, ref, coef):
             logps, old[s, m].to(device) if old else logps.detach(), adv, mask,
             ref_logps=ref[s, m].to(device) if ref else None, kl_coef=args.kl_coef,
             clip_low=args.clip_low, clip_high=args.clip_high, dual_clip=args.dual_clip,
-            entropy_coef=coef, num_tokens=step_tokens)
-        (loss * world_size).backward()  # FSDP averages over ranks: x world_size gives the sum
+            entropy_coef=coef, num_tokens=loss_tokens(args.loss_agg, mask, step_tokens,
+                                                      len(micro_batches)))
+        # FSDP averages over ranks: x world_size makes a sum of token sums; released keeps the average
+        (loss * (world_size if args.loss_agg == "step" else 1)).backward()
         tokens = float(stats.pop("tokens"))
         for key, value in {**stats, "tokens": 1.0}.items():
             totals[key] = totals.get(key, 0.0) + float(value) * tokens

@@ -25,6 +25,7 @@ from nanorevisual.common import (MetricsLogger, UserError, autocast, check_flags
 from nanorevisual.dist import print0
 from nanorevisual.logprobs import sequence_logps
 from nanorevisual.model import check_model_path, count_params, is_toy_model, load_policy
+from nanorevisual.processor import load_processor
 from nanorevisual.prompts import INSTRUCTION
 
 # ------------------------------------------------------------------------------------------------
@@ -61,6 +62,8 @@ parser.add_argument("--overwrite", type=int, default=0, help="1: replace the run
 parser.add_argument("--save-every", type=int, default=0, help="step_XXXXXX every N steps (0: none)")
 parser.add_argument("--eval-every", type=int, default=None, help="held-out loss every N steps")
 parser.add_argument("--log-every", type=int, default=1, help="print a line every N steps")
+parser.add_argument("--recipe", choices=["paper", "released"], default="paper", help="released: "
+                    "<think>, </think>, <answer>, </answer> become tokens (spare embedding rows)")
 one_line_errors(parser)
 args = parser.parse_args()
 args.model = toy.ensure_tiny_model() if args.model == "tiny" else check_model_path(args.model)
@@ -82,6 +85,17 @@ if args.data is None:
     args.data = os.path.join(toy_dir, "sft_train.jsonl")
     args.val_data = args.val_data or os.path.join(toy_dir, "sft_val.jsonl")
 check_flags(args)  # every numeric flag, presets applied (nanorevisual/common.py FLAG_RULES)
+# released cold start (LLaMA-Factory add_tokens; resize_vocab only grows a full table): the tags
+# take unused rows of the embedding (Qwen2.5-VL: 152,064 rows for 151,665 tokens)
+tags = ["<think>", "</think>", "<answer>", "</answer>"] if args.recipe == "released" else []
+if tags:
+    from transformers import AutoConfig
+    tokenizer = load_processor(args.model).tokenizer
+    rows = AutoConfig.from_pretrained(args.model).get_text_config().vocab_size  # no weights read
+    missing = [t for t in tags if t not in tokenizer.get_vocab()]
+    if len(tokenizer) + len(missing) > rows:
+        raise UserError(f"--recipe released: {args.model} has {rows} embedding rows for "
+                        f"{len(tokenizer)} tokens, no spare row for {missing}")
 user_config = vars(args).copy()
 
 # ------------------------------------------------------------------------------------------------
@@ -113,6 +127,7 @@ model_path = resume_dir or args.model
 model, processor = load_policy(model_path, device, ddp,
                                grad_checkpointing=bool(args.grad_checkpointing),
                                freeze_vision_tower=bool(args.freeze_vision))
+processor.tokenizer.add_tokens(tags)  # no-op when resumed: the saved tokenizer has them
 print0(f"model {model_path}: {count_params(model):,} params, {count_params(model, True):,} "
        f"trainable{' (FSDP shards)' if ddp else ''}")
 params = [p for p in model.parameters() if p.requires_grad]

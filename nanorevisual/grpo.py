@@ -145,71 +145,50 @@ def pad_select(advantages: torch.Tensor, *, t_low: float, t_high: float, ratio: 
 # Policy loss
 
 
+def loss_tokens(agg: str, mask: torch.Tensor, step_tokens: int, n_micro: int):
+    """policy_loss's num_tokens. "step": the optimizer step's token count on all ranks, one token
+    mean per step (Deviation 4); "microbatch": this micro-batch's tokens x the step's micro-batch
+    count, the released token mean per micro-batch / the accumulation count."""
+    return step_tokens if agg == "step" else mask.sum() * n_micro
+
+
 def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor,
                 mask: torch.Tensor, *, clip_low: float = 0.2, clip_high: float = 0.25,
                 dual_clip: float | None = 3.0, ref_logps: torch.Tensor | None = None,
                 kl_coef: float = 0.0, entropy_coef: float = 0.0,
                 num_tokens=None) -> tuple[torch.Tensor, dict]:
-    """Clipped surrogate + k3 KL - entropy, summed over masked tokens / num_tokens (default: mask
-    sum). logps, old_logps, ref_logps, mask (B, T); advantages (B,) -> (loss, stats: masked means
-    over this micro-batch of the clip fractions, ratio, kl, entropy, and its token count). Masked
-    positions contribute nothing to loss or gradient, even if they hold inf or NaN."""
+    """Clipped surrogate + k3 KL - entropy over masked tokens / num_tokens (default: mask sum);
+    (B, T) inputs, advantages (B,) -> (loss, stats: masked means, tokens). Padding gives nothing."""
     assert logps.shape == old_logps.shape == mask.shape, "logps, old_logps, mask must be (B, T)"
     assert advantages.shape == logps.shape[:1], f"advantages must be (B,): {advantages.shape}"
-    mask = mask.bool()  # (B, T)
-    zero = torch.zeros((), dtype=logps.dtype, device=logps.device)  # ()
+    mask, zero = mask.bool(), torch.zeros((), dtype=logps.dtype, device=logps.device)  # (B, T), ()
     # torch.where, not a product: 0 * inf = NaN would leak from padding into loss and gradient
-    logps = torch.where(mask, logps, zero)  # (B, T)
-    old_logps = torch.where(mask, old_logps, zero)  # (B, T)
+    logps, old_logps = torch.where(mask, logps, zero), torch.where(mask, old_logps, zero)  # (B, T)
     adv = advantages.to(logps.dtype)[:, None]  # (B, 1)
-
     # one update per rollout batch: old_logps = logps.detach(), r == 1, its gradient ∇logp
-    log_ratio = (logps - old_logps).clamp(LOG_RATIO_MIN, LOG_RATIO_MAX)  # (B, T) Deviation 5
-    ratio = torch.exp(log_ratio)  # (B, T)
+    ratio = torch.exp((logps - old_logps).clamp(LOG_RATIO_MIN, LOG_RATIO_MAX))  # (B, T) Deviation 5
     clipped_ratio = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)  # (B, T) DAPO clip-higher
-    pg_loss = torch.maximum(-adv * ratio, -adv * clipped_ratio)  # (B, T) PPO Eq. (7), as a loss
-    if dual_clip is not None:
+    token_loss = torch.maximum(-adv * ratio, -adv * clipped_ratio)  # (B, T) PPO eq. 7, as a loss
+    dual_active = torch.zeros_like(mask)  # (B, T)
+    if dual_clip is not None:  # dual-clip PPO (1912.09729): at most -A c per token when A < 0
         assert dual_clip > 1.0 + clip_high, "dual_clip must exceed 1 + clip_high (None disables it)"
-        dual_cap = -adv * dual_clip  # (B, 1) positive where A < 0
-        dual_active = (adv < 0) & (pg_loss > dual_cap)  # (B, T) dual-clip PPO (1912.09729)
-        pg_loss = torch.where(adv < 0, torch.minimum(pg_loss, dual_cap), pg_loss)  # (B, T)
-    else:
-        dual_active = torch.zeros_like(mask)  # (B, T)
-    token_loss = pg_loss  # (B, T)
-
+        dual_active = (adv < 0) & (token_loss > -adv * dual_clip)  # (B, T)
+        token_loss = torch.where(adv < 0, torch.minimum(token_loss, -adv * dual_clip), token_loss)
     kl = torch.zeros_like(logps)  # (B, T)
-    if ref_logps is not None:
+    if ref_logps is not None:  # Schulman's k3 (verl low_var_kl); ±20 only avoids exp overflow
         assert ref_logps.shape == logps.shape, "ref_logps must be (B, T)"
-        ref_logps = torch.where(mask, ref_logps, zero)  # (B, T)
-        # Schulman's k3 (verl low_var_kl), unbiased for KL(π || π_ref); ±20 avoids exp overflow
-        log_ref_ratio = (ref_logps - logps).clamp(-20.0, 20.0)  # (B, T)
+        log_ref_ratio = (torch.where(mask, ref_logps, zero) - logps).clamp(-20.0, 20.0)  # (B, T)
         kl = (torch.exp(log_ref_ratio) - log_ref_ratio - 1.0).clamp(max=KL_MAX)  # (B, T)
         token_loss = token_loss + kl_coef * kl  # (B, T)
     token_loss = token_loss - entropy_coef * (-logps)  # (B, T) entropy ≈ -logp (Deviation 5)
-
-    # num_tokens: the optimizer step's, so micro-batch losses sum to its token mean (Deviation 4)
-    if num_tokens is None:
-        num_tokens = mask.sum()  # ()
-    if isinstance(num_tokens, torch.Tensor):
-        num_tokens = num_tokens.clamp(min=1)  # () an all-padding batch gives 0, not NaN
-    else:
-        num_tokens = max(num_tokens, 1)
+    num_tokens = mask.sum() if num_tokens is None else num_tokens  # see loss_tokens
+    num_tokens = num_tokens.clamp(min=1) if torch.is_tensor(num_tokens) else max(num_tokens, 1)
     loss = torch.where(mask, token_loss, zero).sum() / num_tokens  # ()
-
     with torch.no_grad():
-        local_tokens = mask.sum()  # ()
-        denom = local_tokens.clamp(min=1).to(logps.dtype)  # ()
-
-        def masked_mean(x: torch.Tensor) -> torch.Tensor:  # (B, T) -> ()
-            return torch.where(mask, x.to(logps.dtype), zero).sum() / denom
-
-        stats = {
-            "clip_frac_low": masked_mean((adv < 0) & (ratio < 1.0 - clip_low)),  # clipped, A < 0
-            "clip_frac_high": masked_mean((adv > 0) & (ratio > 1.0 + clip_high)),  # clipped, A > 0
-            "dual_clip_frac": masked_mean(dual_active),
-            "ratio_mean": masked_mean(ratio),
-            "kl": masked_mean(kl),
-            "entropy": masked_mean(-logps),
-            "tokens": local_tokens,
-        }
-    return loss, stats
+        tokens = mask.sum()  # ()
+        means = {"clip_frac_low": (adv < 0) & (ratio < 1.0 - clip_low),  # clipped branch, A < 0
+                 "clip_frac_high": (adv > 0) & (ratio > 1.0 + clip_high),  # clipped branch, A > 0
+                 "dual_clip_frac": dual_active, "ratio_mean": ratio, "kl": kl, "entropy": -logps}
+        stats = {k: torch.where(mask, x.to(logps.dtype), zero).sum()
+                 / tokens.clamp(min=1).to(logps.dtype) for k, x in means.items()}
+    return loss, {**stats, "tokens": tokens}

@@ -102,10 +102,9 @@ def chunk_rows_for(vocab_size):
 
 
 class ChunkedHeadLogps(torch.autograd.Function):
-    """log softmax(hidden @ weight.T / temperature)[target] per row, one chunk of rows at a time.
-    hidden (N, H), weight (V, H), targets (N,), suppress (S,) or None -> (N,) fp32. Forward keeps
-    the per-row log-normaliser; backward recomputes each chunk's logits, turns them into
-    (onehot(target) - softmax) / temperature and adds the chunk's share to d hidden and d weight."""
+    """log softmax(hidden @ weight.T / temperature)[target], a chunk of rows at a time: hidden
+    (N, H), weight (V, H), targets (N,), suppress (S,) -> (N,) fp32. Backward recomputes each
+    chunk's logits: d logp / d logits = (onehot(target) - softmax) / temperature."""
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, temperature, suppress, chunk_rows):

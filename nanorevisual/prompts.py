@@ -10,6 +10,8 @@ from nanorevisual.files import open_image
 INSTRUCTION = (" You FIRST think about the reasoning process step by step as an internal monologue"
                " and then provide the final answer. The reasoning process MUST BE enclosed within"
                " <think> </think> tags. The final answer MUST BE put in \\boxed{}.")
+# the released eval's system message (eval/src/main.py): the instruction minus "step by step"
+RELEASED_SYSTEM_PROMPT = INSTRUCTION.strip().replace(" step by step", "")
 IGNORE_INDEX = -100
 
 
@@ -57,7 +59,7 @@ def encode_prompts(processor, messages_list):
 
 def filter_long_prompts(processor, rows, max_tokens, batch_size=64):
     """(rows whose generation prompt has <= max_tokens tokens, number dropped), counting image
-    tokens expanded (the released filter counts one placeholder per image)."""
+    tokens expanded (released: the characters of the rendered chat, one placeholder per image)."""
     kept = []
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size]

@@ -42,26 +42,34 @@ def generate_rollouts(model, processor, messages_list, *, group_size, max_new_to
         seqs = model.generate(**gen_inputs, **sampling, max_new_tokens=max_new_tokens,
                               suppress_tokens=suppress_ids, synced_gpus=synced_gpus,
                               output_scores=with_scores, return_dict_in_generate=True)
-        P = enc["input_ids"].shape[1]
-        completions = seqs.sequences[:, P:].cpu()  # (p*G, T)
+        out += sequence_records(enc, positions, seqs, tok, stop_ids, group_size, start, with_scores)
+    return out
+
+
+def sequence_records(enc, positions, seqs, tok, stop_ids, group_size, first, with_scores):
+    """One generate call's output as one dict per sequence (generate_rollouts); the G samples of a
+    prompt share its tensors (collate_rollouts groups by them). positions (3, p, P)."""
+    P = enc["input_ids"].shape[1]
+    completions = seqs.sequences[:, P:].cpu()  # (p*G, T)
+    if with_scores:
+        scores = torch.stack(seqs.scores, 1).float().log_softmax(-1).cpu()  # (p*G, T, V)
+        sample_logps = scores.gather(2, completions[..., None]).squeeze(2)  # (p*G, T)
+    prompts = []
+    for p, (pixels, grid) in enumerate(split_pixels(enc)):
+        keep = enc["attention_mask"][p].bool()  # (P,) left padding removed
+        prompts.append({"prompt_ids": enc["input_ids"][p][keep], "pixel_values": pixels,
+                        "prompt_mm_types": enc["mm_token_type_ids"][p][keep],
+                        "prompt_positions": positions[:, p, keep], "image_grid_thw": grid,
+                        "prompt_index": first + p})
+    out = []
+    for j in range(completions.shape[0]):
+        ids = completions[j]  # (T,) sample j of prompt j // G
+        length, truncated = completion_length(ids, stop_ids)
+        ids = ids[:length].clone()  # (Tc,)
+        out.append({**prompts[j // group_size], "completion_ids": ids, "truncated": truncated,
+                    "text": tok.decode(ids, skip_special_tokens=True), "num_tokens": length})
         if with_scores:
-            scores = torch.stack(seqs.scores, 1).float().log_softmax(-1).cpu()  # (p*G, T, V)
-            sample_logps = scores.gather(2, completions[..., None]).squeeze(2)  # (p*G, T)
-        prompts = []  # one set of prompt tensors per prompt, shared by its G samples
-        for p, (pixels, grid) in enumerate(split_pixels(enc)):
-            keep = enc["attention_mask"][p].bool()  # (P,) left padding removed
-            prompts.append({"prompt_ids": enc["input_ids"][p][keep], "pixel_values": pixels,
-                            "prompt_mm_types": enc["mm_token_type_ids"][p][keep],
-                            "prompt_positions": positions[:, p, keep], "image_grid_thw": grid,
-                            "prompt_index": start + p})
-        for j in range(completions.shape[0]):
-            ids = completions[j]  # (T,) sample j of prompt j // G
-            length, truncated = completion_length(ids, stop_ids)
-            ids = ids[:length].clone()  # (Tc,)
-            out.append({**prompts[j // group_size], "completion_ids": ids, "truncated": truncated,
-                        "text": tok.decode(ids, skip_special_tokens=True), "num_tokens": length})
-            if with_scores:
-                out[-1]["sample_logps"] = sample_logps[j, :length]
+            out[-1]["sample_logps"] = sample_logps[j, :length]
     return out
 
 

@@ -156,6 +156,27 @@ def test_grpo_mrl_one_vs_two_ranks_uneven_selection(tmp_path, tiny_dir, toy_dir)
     within("mrl/weights 1 vs 2 ranks", weight_rel(os.path.join(one, "final"), os.path.join(two, "final"), tiny_dir),
            WEIGHT_RTOL)
 
+def test_grpo_microbatch_loss_one_vs_two_ranks(tmp_path, tiny_dir, toy_dir):
+    # --loss-agg microbatch (released): a token mean per micro-batch / their count, averaged over
+    # ranks. With every rollout trained (--pad none) and 4-sequence micro-batches, 1 process runs the
+    # same 4 micro-batches as 2 ranks' 2 each: (1/4) sum = (1/2) sum over ranks of (1/2) sum
+    args = ["--stage", "mrl", "--model", tiny_dir, "--data", os.path.join(toy_dir, "mm_train.jsonl"),
+            "--max-steps", "2", "--save-every", "1", "--pad", "none", "--loss-agg", "microbatch",
+            *GRPO, "--micro-batch-size", "4"]
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    launch("train_grpo.py", *args, "--out-dir", one, ranks=1)
+    launch("train_grpo.py", *args, "--out-dir", two, ranks=2, timeout=180)
+    assert train_records(two, "train/micro_batches")[1] == 4
+    for key in ("train/grad_norm", "train/entropy"):
+        a, b = train_records(one, key), train_records(two, key)
+        within(f"microbatch/{key} 1 vs 2 ranks", max(rel(a[k], b[k]) for k in a), SUM_RTOL)
+    m1, m2 = (first_moments(os.path.join(d, "step_000001"), str(tmp_path)) for d in (one, two))
+    within("microbatch/adam m 1 vs 2 ranks", rel_norm(m1, m2), SUM_RTOL)
+    within("microbatch/weights 1 vs 2 ranks", weight_rel(os.path.join(one, "final"),
+                                                         os.path.join(two, "final"), tiny_dir),
+           WEIGHT_RTOL)
+
+
 def test_rollouts_on_a_qwen_config_checkpoint_equal_one_process(tmp_path, qwen_dir):
     """The checkpoint's generation_config.json (repetition penalty 1.3, top-k 1) must not reach any rank's sampling:
     2 ranks sample what one process samples, and generate's scores equal the sharded log-prob forward."""

@@ -76,6 +76,16 @@ def test_summarize_uses_the_paper_metric_per_sample():
     assert "| dyn | 50.0 | 40.0 | +10.0 |" in ev.compare_table(results, {"other": {"dyn": 40.0}})
 
 
+def test_released_recipe_prompt_is_a_system_turn():
+    item = {"problem": "<image>What colour?", "images": ["a.png"]}
+    paper = ev.item_messages(item, "paper", ev.INSTRUCTION)
+    released = ev.item_messages(item, "released", ev.INSTRUCTION)
+    assert [m["role"] for m in paper] == ["user"] and "step by step" in paper[0]["content"][-1]["text"]
+    assert [m["role"] for m in released] == ["system", "user"]
+    assert "step by step" not in released[0]["content"] and "\\boxed{}" in released[0]["content"]
+    assert released[1]["content"][-1]["text"] == "What colour?"  # the problem alone
+
+
 def test_parse_data_spec():
     assert ev.parse_data_spec("MathVista=/d/x.parquet") == ("mathvista", "mathvista", "/d/x.parquet")
     assert ev.parse_data_spec("data/MathVision/test.jsonl") == ("mathvision", "mathvision", "data/MathVision/test.jsonl")
@@ -173,6 +183,19 @@ def test_compare_paper_limit_and_guard(first_run, tiny_dir, mixed_file, tmp_path
     # another decoding setting in the same folder would mix predictions: refused
     bad = run_eval("--model", tiny_dir, "--data", mixed_file, "--out-dir", again, "--max-new-tokens", "9", check=False)
     assert bad.returncode != 0 and "other settings" in bad.stderr
+
+
+@pytest.mark.slow
+def test_released_recipe_sampling_and_override(tiny_dir, mixed_file, tmp_path):
+    out = str(tmp_path / "released")
+    run_eval("--model", tiny_dir, "--data", mixed_file, "--out-dir", out, "--limit", "2",
+             "--recipe", "released", "--max-new-tokens", "4")
+    config = json.load(open(os.path.join(out, "config.json")))
+    assert (config["recipe"], config["temperature"], config["top_p"]) == ("released", 0.3, 0.95)
+    out2 = str(tmp_path / "released-greedy")
+    run_eval("--model", tiny_dir, "--data", mixed_file, "--out-dir", out2, "--limit", "2",
+             "--recipe", "released", "--max-new-tokens", "4", "--temperature", "0")
+    assert json.load(open(os.path.join(out2, "config.json")))["temperature"] == 0.0  # a flag wins
 
 
 @pytest.mark.skipif(not __import__("torch").distributed.is_available(), reason="no torch.distributed")

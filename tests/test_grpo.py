@@ -12,8 +12,8 @@ import statistics
 import pytest
 import torch
 
-from nanorevisual.grpo import (LOG_RATIO_MAX, LOG_RATIO_MIN, PAD_PRESETS, entropy_coef, group_advantages,
-                               pad_select, pad_tau, policy_loss)
+from nanorevisual.grpo import (LOG_RATIO_MAX, LOG_RATIO_MIN, PAD_PRESETS, entropy_coef,
+                               group_advantages, loss_tokens, pad_select, pad_tau, policy_loss)
 
 INF = float("inf")
 
@@ -183,6 +183,29 @@ def test_micro_batches_add_up_to_the_batch_loss():
     parts = [policy_loss(logps[s], old_logps[s], advantages[s], mask[s], num_tokens=num_tokens, **kw)[0]
              for s in (slice(0, 2), slice(2, 6))]
     torch.testing.assert_close(parts[0] + parts[1], full, rtol=1e-12, atol=1e-14)
+
+
+def test_microbatch_aggregation_matches_the_released_formula():
+    # released dp_actor: per micro-batch (masked_mean(pg) + kl_coef masked_mean(k3) - ent_coef
+    # masked_mean(-logp)) / gradient_accumulation, summed over the step's micro-batches
+    logps, old_logps, ref_logps, advantages, mask = random_loss_inputs(B=6, seed=7)
+    kw = dict(clip_low=0.2, clip_high=0.25, dual_clip=3.0, kl_coef=0.05, entropy_coef=0.01)
+    parts = (slice(0, 2), slice(2, 3), slice(3, 6))  # uneven micro-batches: their weights differ
+    ours, released = torch.zeros((), dtype=logps.dtype), torch.zeros((), dtype=logps.dtype)
+    for s in parts:
+        n = loss_tokens("microbatch", mask[s], step_tokens=0, n_micro=len(parts))
+        ours = ours + policy_loss(logps[s], old_logps[s], advantages[s], mask[s],
+                                  ref_logps=ref_logps[s], num_tokens=n, **kw)[0]
+        tokens = int(mask[s].sum())
+        pg, _ = reference_policy_loss(logps[s], old_logps[s], advantages[s], mask[s], ref_logps[s],
+                                      0.2, 0.25, 3.0, 0.0, 0.0, tokens)
+        d = (ref_logps[s] - logps[s])[mask[s]]
+        kl = (torch.exp(d) - d - 1).clamp(max=10.0).mean()
+        entropy = (-logps[s][mask[s]]).mean()
+        released = released + (pg + 0.05 * kl - 0.01 * entropy) / len(parts)
+    torch.testing.assert_close(ours, released, rtol=1e-12, atol=0)  # fp64: summation order only
+    step = policy_loss(logps, old_logps, advantages, mask, ref_logps=ref_logps, **kw)[0]
+    assert abs(float(step - ours)) > 1e-3  # the two aggregations weigh tokens differently
 
 
 # -----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 
 from nanorevisual.prompts import build_messages, encode_prompts
@@ -72,3 +73,18 @@ def test_sft_trains_resumes_identically_and_reloads(tmp_path, tiny_dir, toy_dir)
         la = model_a(**enc, use_cache=False).logits
         lb = model_b(**enc, use_cache=False).logits
     assert torch.equal(la, lb)  # the resumed run's weights are the straight run's, bit for bit
+
+
+def test_released_recipe_adds_the_tags_into_spare_rows(tmp_path, toy_dir):
+    from transformers import AutoTokenizer
+
+    from nanorevisual.tiny import build_tiny
+    from nanorevisual.toy import tokenizer_corpus
+    spare = build_tiny(str(tmp_path / "spare"), tokenizer_corpus(), vocab_size=600)  # 468 used
+    out = str(tmp_path / "sft")
+    run_sft(spare, toy_dir, out, "--recipe", "released", "--max-steps", "2")
+    tok = AutoTokenizer.from_pretrained(os.path.join(out, "final"))
+    ids = tok.convert_tokens_to_ids(["<think>", "</think>", "<answer>", "</answer>"])
+    assert len(set(ids)) == 4 and max(ids) < 600 and tok("<think>x</think>")["input_ids"][0] == ids[0]
+    weights = load_file(os.path.join(out, "final", "model.safetensors"))
+    assert weights["model.embed_tokens.weight"].shape[0] == 600  # no resize

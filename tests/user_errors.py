@@ -255,6 +255,8 @@ def cases(base, model):
          [*grpo, "--out-dir", p("ckpt_grpo"), *below], "below the checkpoint's step 7"),
         ("train_sft.py", "flags", "two val files",
          [*sft, "--val-data", p("sft_good.jsonl"), p("sft_good.jsonl")], "unrecognized arguments"),
+        ("train_sft.py", "folders and models", "released tags, no spare embedding rows",
+         [*sft, "--recipe", "released"], "no spare row"),
         ("train_grpo.py", "flags", "one val file twice",
          [*grpo, "--val-data", p("rl_good.jsonl"), p("rl_good.jsonl")], "cannot be told apart"),
     ]
