@@ -68,7 +68,8 @@ FLAG_RULES = {
     "eval_temperature": "[0, inf)",
     "kl_coef": "[0, inf)", "clip_low": "[0, 1)", "clip_high": "[0, inf)", "dual_clip": "(1, inf)",
     "entropy_coef": "[0, inf)",
-    "w_accuracy": "[0, inf)", "w_format": "[0, inf)", "w_length": "[0, inf)",
+    **dict.fromkeys(["w_accuracy", "w_format", "w_length", "w_self_critique", "w_image_revisit",
+                     "w_repetition"], "[0, inf)"),
     "pad_t_low": "[-inf, inf)", "pad_t_high": "(-inf, inf]", "pad_ratio": "(0, inf)",
     "pad_alpha": "[0, inf)", "pad_tau_start": "(0, inf)", "pad_tau_end": "(0, inf)",
 }

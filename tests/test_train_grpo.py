@@ -110,3 +110,22 @@ def test_pad_code_preset_and_resume(tmp_path, tiny_dir, toy_dir):
     assert recs2[1]["time/train_s_cum"] == recs2[0]["time/train_s_cum"] + recs2[1]["time/step"]
     first = load_file(os.path.join(out, "final", "model.safetensors"))
     assert all(torch.isfinite(v).all() for v in first.values())
+
+
+def test_released_recipe_values_and_their_sources(tmp_path, tiny_dir, toy_dir):
+    out = str(tmp_path / "released")
+    stdout = run_grpo("--stage", "mrl", "--recipe", "released", "--model", tiny_dir, "--data",
+                      os.path.join(toy_dir, "mm_train.jsonl"), "--val-data", "--out-dir", out,
+                      "--max-steps", "1", "--prompts-per-step", "2", "--group-size", "2",
+                      "--max-new-tokens", "4", "--entropy-warmup", "0")
+    assert f"reference {tiny_dir}: frozen" in stdout  # released: KL in every stage, mrl too
+    config = json.load(open(os.path.join(out, "final", "meta.json")))["user_config"]
+    assert (config["pad"], config["kl_coef"], config["entropy_coef"], config["loss_agg"]) == \
+        ("code", 1e-2, 0.02, "microbatch")
+    assert config["rewards"] == ["accuracy=0.8", "self_critique=0.05", "image_revisit=0.05",
+                                 "repetition=0.05"]
+    source = config["source"]
+    assert source["pad"] == source["kl_coef"] == source["loss_agg"] == "recipe released"
+    assert source["entropy_warmup"] == "flag" and source["lr"] == "toy"  # a flag wins over both
+    record = [r for r in records(out) if "reward/total" in r][0]
+    assert {"reward/self_critique", "reward/image_revisit", "reward/repetition"} <= set(record)
