@@ -247,7 +247,7 @@ def optimizer_step(seqs, advantages, s, micro_batches, old, ref, coef):
             clip_low=args.clip_low, clip_high=args.clip_high, dual_clip=args.dual_clip,
             entropy_coef=coef, num_tokens=loss_tokens(args.loss_agg, mask, step_tokens,
                                                       len(micro_batches)))
-        # FSDP averages over ranks: x world_size makes a sum of token sums; released keeps the average
+        # FSDP averages over ranks: x world_size turns it into the sum; released keeps the average
         (loss * (world_size if args.loss_agg == "step" else 1)).backward()
         tokens = float(stats.pop("tokens"))
         for key, value in {**stats, "tokens": 1.0}.items():
