@@ -129,8 +129,9 @@ def load_resume(path, model, optimizer, ddp=False):
 
 
 # flags that may change between a run and its resume: they do not change what the run computes
+# (source says where each value came from: a default and the same value as a flag are one run)
 RESUMABLE_CHANGES = {"resume", "overwrite", "max_steps", "save_every", "eval_every", "log_every",
-                     "dump_every", "out_dir", "eval_limit"}
+                     "out_dir", "eval_limit", "source"}
 RUN_FILES = ("final", "metrics.jsonl", "rollouts")
 
 
