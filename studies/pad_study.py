@@ -142,7 +142,9 @@ def summarize_run(run_dir, seed, mm_key, text_key):
               "acc": r[mm_key], "text_acc": r.get(text_key)} for r in evals if mm_key in r]
     zero = [r["grpo/zero_adv_frac"] for r in train]
     last_third = train[len(train) - max(1, len(train) // 3):]
+    best = max(curve, key=lambda p: p["acc"])  # the first eval at the run's best accuracy
     return {"seed": seed, "run_dir": run_dir, "final_acc": curve[-1]["acc"], "final_text_acc": curve[-1]["text_acc"],
+            "best_acc": best["acc"], "best_step": best["step"],
             "zero_adv": statistics.mean(zero),
             "zero_adv_last_third": statistics.mean(r["grpo/zero_adv_frac"] for r in last_third),
             "stagnation_onset": stagnation_onset(zero),
@@ -169,7 +171,7 @@ def add_equal_budget(variants):
     return budgets
 
 
-SUMMARY_KEYS = ("final_acc", "final_text_acc", "acc_at_equal_time", "acc_at_equal_tokens", "zero_adv",
+SUMMARY_KEYS = ("final_acc", "best_acc", "final_text_acc", "acc_at_equal_time", "acc_at_equal_tokens", "zero_adv",
                 "zero_adv_last_third", "trained_per_step", "unique_per_step", "skipped_steps", "seconds_per_step",
                 "train_seconds", "trained_tokens")
 
@@ -351,6 +353,7 @@ def stage_order_study(args, ctx):
 
 DEFINITIONS = {
     "final_acc": "greedy held-out image accuracy at the run's last eval (after the last step)",
+    "best_acc": "the highest held-out image accuracy over the run's evals (best_step: the first eval reaching it)",
     "final_text_acc": "greedy accuracy on the 20 held-out arithmetic pairs at the last eval (retention)",
     "train_seconds": "sum of the step times (rollouts, PAD, updates); evals, dumps, saves and start-up excluded",
     "trained_tokens": "completion tokens through the policy-gradient update, repeats and PPO epochs counted",
@@ -389,14 +392,14 @@ def variant_report(args, ctx, variants, budgets):
     lines = header(args, ctx, f"PAD {'sweep' if args.mode == 'sweep' else 'ablation'} (paper Table 4 in miniature)")
     lines += [f"Equal-budget columns read every run's eval curve at {budgets['train_seconds']:.0f} training seconds "
               f"and at {budgets['trained_tokens']:.0f} trained tokens (the smallest final budgets of the study).", "",
-              "| variant | acc at end [95% CI] | sd | acc at equal time | acc at equal tokens | text acc at end | "
+              "| variant | acc at end [95% CI] | sd | best acc | acc at equal time | acc at equal tokens | text acc at end | "
               "zero-adv (all / last third) | trained seqs / step | s / step | skipped steps |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, v in variants.items():
         s = v["summary"]
         text = fmt_ci(s["final_text_acc"]) if "final_text_acc" in s else "-"
         lines.append(f"| {name} | {fmt_ci(s['final_acc'])} | {s['final_acc']['std']:.3f} | "
-                     f"{fmt_ci(s['acc_at_equal_time'])} | {fmt_ci(s['acc_at_equal_tokens'])} | {text} | "
+                     f"{fmt_ci(s['best_acc'])} | {fmt_ci(s['acc_at_equal_time'])} | {fmt_ci(s['acc_at_equal_tokens'])} | {text} | "
                      f"{s['zero_adv']['mean']:.2f} / {s['zero_adv_last_third']['mean']:.2f} | "
                      f"{s['trained_per_step']['mean']:.0f} | {s['seconds_per_step']['mean']:.2f} | "
                      f"{s['skipped_steps']['mean']:.1f} |")
@@ -404,8 +407,9 @@ def variant_report(args, ctx, variants, budgets):
               f">= {STAGNANT}; - = never):", ""]
     lines += [f"- {name}: " + ", ".join(f"seed {r['seed']}: {r['stagnation_onset'] or '-'}" for r in v["runs"])
               for name, v in variants.items()]
-    lines += ["", "Per seed (accuracy at end / at equal time / at equal tokens):", ""]
-    lines += [f"- {name}: " + "; ".join(f"seed {r['seed']}: {r['final_acc']:.3f} / {r['acc_at_equal_time']:.3f} / "
+    lines += ["", "Per seed (accuracy at end / best (its step) / at equal time / at equal tokens):", ""]
+    lines += [f"- {name}: " + "; ".join(f"seed {r['seed']}: {r['final_acc']:.3f} / {r['best_acc']:.3f} "
+                                        f"({r['best_step']}) / {r['acc_at_equal_time']:.3f} / "
                                         f"{r['acc_at_equal_tokens']:.3f}" for r in v["runs"])
               for name, v in variants.items()]
     return lines
