@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from parity import SUM_RTOL, equal_trees, rel, rel_norm, within
+from parity import SUM_RTOL, TENSOR_RTOL, equal_trees, rel, rel_norm, within
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = [pytest.mark.slow,
@@ -88,6 +88,21 @@ def test_fsdp_generate_logits_and_checkpoint(tmp_path, tiny_dir):
     assert checks["reload_logits_equal"]  # written by 2 ranks, reloaded plain: identical logits
     assert "model.safetensors" in checks["folder"] and "meta.json" in checks["folder"]
 
+
+
+def test_prompt_once_under_fsdp_equals_rows_whole(tmp_path, tiny_dir):
+    """Each distinct prompt once on a sharded model (two FSDP calls per micro-batch on every rank, whatever its
+    rows) gives the log-probs and full gradients of rows whole; ranks with and without repeats, T = 1 on one."""
+    launch("tests/dist_once_checks.py", tiny_dir, str(tmp_path), timeout=180)
+    checks = json.load(open(tmp_path / "once.json"))
+    assert checks["repeats vs none"]["row_prompt"] == [True, False] and checks["repeats vs none"]["vision_grads"]
+    assert checks["T=1 vs longer"]["T"] == [8, 1]
+    for name, c in checks.items():
+        # the prompt's attention runs in another call and batch shape: ~1e-6 of rounding on log-probs <= ~10,
+        # as in the single-process test (test_rollout.py); a wrong cache row or position moves them by >= 1e-2
+        within(f"fsdp prompt once/{name}/log-probs vs rows whole", c["logps"], 1e-5)
+        # G rows' gradients reach the prompt as one sum instead of G: other groupings, norm-wise per tensor
+        within(f"fsdp prompt once/{name}/gradients vs rows whole", c["grads"], TENSOR_RTOL)
 
 def test_sft_one_vs_two_ranks_and_resume(tmp_path, tiny_dir, toy_dir):
     args = ["--model", tiny_dir, "--data", os.path.join(toy_dir, "sft_train.jsonl"), "--val-data",
