@@ -232,7 +232,7 @@ def shared_prompt_hidden(model, batch):
 
 def each_row_a_prompt(batch):
     """A batch with no repeated prompt given the prefix keys anyway (row_prompt = 0..B-1, images
-    per occurrence), so that it takes shared_prompt_hidden's two calls like the other ranks'."""
+    per occurrence), so that it makes shared_prompt_hidden's two calls like the other ranks."""
     P = batch["input_ids"].shape[1] - batch["completion_ids"].shape[1]
     out = expand_images(batch) if "image_index" in batch else dict(batch)
     out.update(prefix_ids=batch["input_ids"][:, :P], prefix_mask=batch["attention_mask"][:, :P],
@@ -245,13 +245,17 @@ def each_row_a_prompt(batch):
 def completion_logps(model, batch, *, temperature=1.0, suppress_ids=None, chunk_rows=None,
                      share_prompt=True):
     """(B, T) fp32 log-probs of batch["completion_ids"] under the model. share_prompt: a prompt on
-    several rows runs once (shared_prompt_hidden); under FSDP every micro-batch takes that path,
-    repeats or not, so all ranks make the same calls (pitfall 22). Under gradient checkpointing
-    (HF's checkpointed layers drop the cache in training), or share_prompt=False, rows run whole."""
+    several rows runs once (shared_prompt_hidden). Under FSDP the ranks agree first: if any rank's
+    micro-batch repeats a prompt, every rank takes that path (a rank with no repeat runs each row
+    as its own prompt), else every rank runs rows whole, so all make the same calls (pitfall 22).
+    Under gradient checkpointing (HF's checkpointed layers drop the cache in training), or
+    share_prompt=False, rows run whole."""
     from torch.distributed.fsdp import FSDPModule
-    sharded = isinstance(model, FSDPModule)
-    once = share_prompt and not model.is_activation_checkpointing and ("row_prompt" in batch
-                                                                       or sharded)
+    device = next(model.parameters()).device
+    once = share_prompt and not model.is_activation_checkpointing and "row_prompt" in batch
+    if share_prompt and not model.is_activation_checkpointing and isinstance(model, FSDPModule):
+        from nanorevisual.dist import all_reduce_dict
+        once = all_reduce_dict({"once": once}, device, op="max")["once"] > 0  # any rank's repeat
     if once and "row_prompt" not in batch:
         batch = each_row_a_prompt(batch)
     keys = ("input_ids", "attention_mask", "mm_token_type_ids", "position_ids", "pixel_values",
@@ -259,7 +263,6 @@ def completion_logps(model, batch, *, temperature=1.0, suppress_ids=None, chunk_
     if once:
         keys += ("completion_ids", "completion_mask", "row_prompt", "prefix_ids", "prefix_mask",
                  "prefix_mm_types", "prefix_positions")
-    device = next(model.parameters()).device
     inputs = {k: batch[k].to(device) for k in keys if k in batch}
     return sequence_logps(model, inputs, batch["completion_ids"].to(device),
                           temperature=temperature, suppress_ids=suppress_ids, chunk_rows=chunk_rows)

@@ -1,13 +1,14 @@
-"""Run under torchrun by tests/test_distributed.py: the prompt-once training forward on an FSDP2 model.
+"""Run under torchrun by tests/test_distributed.py: prompt once on an FSDP2 model vs rows whole.
 
     torchrun --standalone --nproc_per_node=2 tests/dist_once_checks.py TINY_DIR OUT_DIR
 
-Every rank samples the same rollouts with a plain copy of the tiny model, then each takes its own micro-batches,
-chosen so that the ranks differ in what prompt-once would do alone: repeats on one rank and none on the other
-(images on both), and a T = 1 micro-batch on one rank against a longer one. Each micro-batch's forward + backward
-runs on the sharded model twice, each distinct prompt once (the default) and every row whole
-(share_prompt=False); rank 0 writes OUT_DIR/once.json: per micro-batch the largest |log-prob difference| over the
-ranks and the largest norm-wise relative difference of one parameter's full gradient.
+Every rank samples the same rollouts with a plain copy of the tiny model, then takes its own
+micro-batches, chosen so that the ranks differ in what prompt-once would do alone: repeats on one
+rank and none on the other (images on both), T = 1 on one rank against a longer one, and no
+repeat on either. Each micro-batch's forward + backward runs on the sharded model twice: each
+distinct prompt once (the default) and every row whole (share_prompt=False). Rank 0 writes
+OUT_DIR/once.json: per micro-batch the largest |log-prob difference| over the ranks and the
+largest norm-wise relative difference of one parameter's full gradient.
 """
 
 import json
@@ -27,9 +28,12 @@ from parity import rel_norm
 
 
 def messages():
-    red, blue = Image.new("RGB", (56, 56), (200, 30, 30)), Image.new("RGB", (100, 60), (20, 30, 200))
-    return [build_messages("<image>What colour is the shape?", [red]), build_messages("What is 3+4?", []),
-            build_messages("Left <image> right <image>?", [blue, red]), build_messages("What is 2+2?", [])]
+    red = Image.new("RGB", (56, 56), (200, 30, 30))
+    blue = Image.new("RGB", (100, 60), (20, 30, 200))
+    return [build_messages("<image>What colour is the shape?", [red]),
+            build_messages("What is 3+4?", []),
+            build_messages("Left <image> right <image>?", [blue, red]),
+            build_messages("What is 2+2?", [])]
 
 
 def one_token(s):
@@ -39,18 +43,23 @@ def one_token(s):
 
 if __name__ == "__main__":
     tiny_dir, out_dir = sys.argv[1], sys.argv[2]
-    ddp, rank, _, world_size, device = dist.compute_init(timeout_s=60)  # a mismatched collective fails, not hangs
+    ddp, rank, _, world_size, device = dist.compute_init(timeout_s=60)  # a mismatch: error, no hang
     assert ddp and world_size == 2
     model, processor = load_policy(tiny_dir, device, ddp)
     plain, _ = load_model_and_processor(tiny_dir)
     plain.eval()
     suppress = vision_token_ids(processor)
-    seqs = generate_rollouts(plain, processor, messages(), group_size=3, max_new_tokens=8, temperature=1.0,
-                             micro_batch_size=12, suppress_ids=suppress, seed=2)
+    seqs = generate_rollouts(plain, processor, messages(), group_size=3, max_new_tokens=8,
+                             temperature=1.0, micro_batch_size=12, suppress_ids=suppress, seed=2)
     del plain
+
+    def pick(*i):
+        return [seqs[k] for k in i]
+
     micro_batches = {  # name -> (rank 0's rows, rank 1's rows)
-        "repeats vs none": ([seqs[i] for i in (0, 1, 0, 6, 7, 3)], [seqs[i] for i in (2, 4, 8, 10)]),
-        "T=1 vs longer": ([seqs[i] for i in (9, 10, 9)], [one_token(seqs[5])]),
+        "repeats vs none": (pick(0, 1, 0, 6, 7, 3), pick(2, 4, 8, 10)),
+        "T=1 vs longer": (pick(9, 10, 9), [one_token(seqs[5])]),
+        "none vs none": (pick(0, 3), pick(6, 9)),  # rows whole on both
     }
     model.train()
     results = {}
@@ -62,14 +71,15 @@ if __name__ == "__main__":
             logps = completion_logps(model, batch, temperature=0.7, suppress_ids=suppress,
                                      share_prompt=share)  # (B, T)
             (logps * mask).sum().backward()
-            grads = {n: p.grad.full_tensor() for n, p in model.named_parameters() if p.grad is not None}
+            grads = {n: p.grad.full_tensor() for n, p in model.named_parameters()
+                     if p.grad is not None}
             model.zero_grad(set_to_none=True)
             runs.append((logps.detach(), grads))
         (once, g_once), (whole, g_whole) = runs
         assert g_once.keys() == g_whole.keys()
-        worst = dist.all_reduce_dict({"logps": (once[mask] - whole[mask]).abs().max().item(),
-                                      "grads": max(rel_norm([g_whole[n]], [g_once[n]]) for n in g_whole)},
-                                     op="max")
+        worst = dist.all_reduce_dict({
+            "logps": (once[mask] - whole[mask]).abs().max().item(),
+            "grads": max(rel_norm([g_whole[n]], [g_once[n]]) for n in g_whole)}, op="max")
         results[name] = {**worst, "T": dist.all_gather_objects(batch["completion_ids"].shape[1]),
                          "row_prompt": dist.all_gather_objects("row_prompt" in batch),
                          "vision_grads": any(n.startswith("model.visual") for n in g_once)}

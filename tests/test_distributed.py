@@ -91,18 +91,24 @@ def test_fsdp_generate_logits_and_checkpoint(tmp_path, tiny_dir):
 
 
 def test_prompt_once_under_fsdp_equals_rows_whole(tmp_path, tiny_dir):
-    """Each distinct prompt once on a sharded model (two FSDP calls per micro-batch on every rank, whatever its
-    rows) gives the log-probs and full gradients of rows whole; ranks with and without repeats, T = 1 on one."""
+    """Each distinct prompt once on a sharded model gives the log-probs and full gradients of rows
+    whole: ranks with and without repeats (both make the two FSDP calls), T = 1 on one, and rows
+    whole on every rank when no rank repeats a prompt."""
     launch("tests/dist_once_checks.py", tiny_dir, str(tmp_path), timeout=180)
     checks = json.load(open(tmp_path / "once.json"))
-    assert checks["repeats vs none"]["row_prompt"] == [True, False] and checks["repeats vs none"]["vision_grads"]
+    mixed = checks["repeats vs none"]
+    assert mixed["row_prompt"] == [True, False] and mixed["vision_grads"]
     assert checks["T=1 vs longer"]["T"] == [8, 1]
+    # no rank repeats a prompt: every rank runs rows whole, the same float operations both times
+    none = checks.pop("none vs none")
+    assert none["logps"] == 0.0 and none["grads"] == 0.0
     for name, c in checks.items():
-        # the prompt's attention runs in another call and batch shape: ~1e-6 of rounding on log-probs <= ~10,
-        # as in the single-process test (test_rollout.py); a wrong cache row or position moves them by >= 1e-2
+        # the prompt's attention runs in another call and batch shape: ~1e-6 of rounding on
+        # log-probs <= ~10, as in test_rollout.py; a wrong cache row or position moves them >= 1e-2
         within(f"fsdp prompt once/{name}/log-probs vs rows whole", c["logps"], 1e-5)
-        # G rows' gradients reach the prompt as one sum instead of G: other groupings, norm-wise per tensor
+        # G rows' gradients reach the prompt as one sum instead of G: other groupings, per tensor
         within(f"fsdp prompt once/{name}/gradients vs rows whole", c["grads"], TENSOR_RTOL)
+
 
 def test_sft_one_vs_two_ranks_and_resume(tmp_path, tiny_dir, toy_dir):
     args = ["--model", tiny_dir, "--data", os.path.join(toy_dir, "sft_train.jsonl"), "--val-data",
