@@ -10,9 +10,11 @@ tokens at -inf, the distribution generate sampled (pitfalls 4 and 6).
 Shapes: B sequences, P prompt and T completion positions, V vocabulary, H hidden size, C chunk rows.
 """
 
+import contextlib
 import types
 
 import torch
+from transformers import DynamicCache
 
 # -------------------------------------------------------------------------------------------------
 # The training batch
@@ -176,7 +178,8 @@ def _hidden_then_head(model, inputs, targets, temperature, suppress_ids, chunk_r
     With the prefix keys (row_prompt ...) each distinct prompt runs once (shared_prompt_hidden)."""
     T = targets.shape[1]
     if "row_prompt" in inputs:
-        hidden = shared_prompt_hidden(model, inputs)  # (B, T, H)
+        with cache_kept_when_checkpointed(model):
+            hidden = shared_prompt_hidden(model, inputs)  # (B, T, H)
         return head_logps(hidden, model.lm_head.weight, targets, temperature=temperature,
                           suppress_ids=suppress_ids, chunk_rows=chunk_rows)
     if "image_index" in inputs:  # each distinct image through the vision tower once (pitfall 19)
@@ -204,19 +207,39 @@ def sequence_logps(model, inputs, targets, *, temperature=1.0, suppress_ids=None
                                      suppress_ids, chunk_rows)
 
 
+class ReplayCache(DynamicCache):
+    """A DynamicCache that HF's checkpointed decoder layers may write: the recompute of a layer in
+    backward would append its keys and values a second time, so there update() hands back what it
+    returned in the forward, per layer last in first out (backward recomputes a layer's completion
+    call before its prompt call, whose keys and values the completion call read)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.returned = {}  # layer index -> [(keys, values)] in forward order
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        done = self.returned.setdefault(layer_idx, [])
+        if torch._C._current_graph_task_id() != -1:  # inside backward: checkpoint's recompute
+            return done.pop()
+        out = super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        done.append(out)
+        return out
+
+
 def shared_prompt_hidden(model, batch):
     """(B, T, H) last hidden states predicting batch["completion_ids"], each distinct prompt run
     once: its KV cache rows are picked per sequence (row_prompt) and the completions run against
     them; gradients flow back into the shared prompt forward (pitfall 20). Always two calls of
-    the model, T = 1 included: under FSDP every rank must make the same calls (pitfall 22)."""
+    the model, T = 1 included: under FSDP every rank must make the same calls (pitfall 22). Under
+    gradient checkpointing, inside cache_kept_when_checkpointed (a ReplayCache, pitfall 23)."""
     rows, T = batch["row_prompt"], batch["completion_ids"].shape[1]  # (B,)
     images = {k: batch[k] for k in ("pixel_values", "image_grid_thw") if k in batch}
+    cache = ReplayCache(config=model.config.get_text_config())
     prefix = model.model(input_ids=batch["prefix_ids"], attention_mask=batch["prefix_mask"],
                          mm_token_type_ids=batch["prefix_mm_types"], use_cache=True,
-                         position_ids=batch["prefix_positions"], **images)
+                         position_ids=batch["prefix_positions"], past_key_values=cache, **images)
     # index_select: x[rows]'s backward adds repeats in a thread-dependent order (pitfall 21)
     first = prefix.last_hidden_state[:, -1:].index_select(0, rows)  # (B, 1, H) predicts token 0
-    cache = prefix.past_key_values
     for layer in cache.layers:  # (B, heads, Pp, d): a row per sequence (not batch_select_indices)
         layer.keys = layer.keys.index_select(0, rows)
         layer.values = layer.values.index_select(0, rows)
@@ -228,6 +251,20 @@ def shared_prompt_hidden(model, batch):
                        position_ids=batch["position_ids"][:, :, P:P + n],
                        past_key_values=cache, use_cache=True)
     return torch.cat([first, rest.last_hidden_state[:, :T - 1]], 1)  # (B, T, H)
+
+
+@contextlib.contextmanager
+def cache_kept_when_checkpointed(model):
+    """HF's checkpointed decoder layers drop the cache in training unless the layer says the
+    recompute is safe: with a ReplayCache it is (pitfall 23)."""
+    layers = model.model.language_model.layers
+    for layer in layers:
+        layer._can_checkpoint_with_cache = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer._can_checkpoint_with_cache  # the class's False again
 
 
 def each_row_a_prompt(batch):
@@ -245,15 +282,14 @@ def each_row_a_prompt(batch):
 def completion_logps(model, batch, *, temperature=1.0, suppress_ids=None, chunk_rows=None,
                      share_prompt=True):
     """(B, T) fp32 log-probs of batch["completion_ids"] under the model. share_prompt: a prompt on
-    several rows runs once (shared_prompt_hidden). Under FSDP the ranks agree first: if any rank's
-    micro-batch repeats a prompt, every rank takes that path (a rank with no repeat runs each row
-    as its own prompt), else every rank runs rows whole, so all make the same calls (pitfall 22).
-    Under gradient checkpointing (HF's checkpointed layers drop the cache in training), or
-    share_prompt=False, rows run whole."""
+    several rows runs once (shared_prompt_hidden), gradient checkpointing included. Under FSDP the
+    ranks agree first: if any rank's micro-batch repeats a prompt, every rank takes that path (a
+    rank with no repeat runs each row as its own prompt), else every rank runs rows whole, so all
+    make the same calls (pitfall 22). share_prompt=False: rows whole."""
     from torch.distributed.fsdp import FSDPModule
     device = next(model.parameters()).device
-    once = share_prompt and not model.is_activation_checkpointing and "row_prompt" in batch
-    if share_prompt and not model.is_activation_checkpointing and isinstance(model, FSDPModule):
+    once = share_prompt and "row_prompt" in batch
+    if share_prompt and isinstance(model, FSDPModule):
         from nanorevisual.dist import all_reduce_dict
         once = all_reduce_dict({"once": once}, device, op="max")["once"] > 0  # any rank's repeat
     if once and "row_prompt" not in batch:

@@ -5,8 +5,9 @@
 Every rank samples the same rollouts with a plain copy of the tiny model, then takes its own
 micro-batches, chosen so that the ranks differ in what prompt-once would do alone: repeats on one
 rank and none on the other (images on both), T = 1 on one rank against a longer one, and no
-repeat on either. Each micro-batch's forward + backward runs on the sharded model twice: each
-distinct prompt once (the default) and every row whole (share_prompt=False). Rank 0 writes
+repeat on either. Each micro-batch's forward + backward runs on the sharded model twice, each
+distinct prompt once (the default) and every row whole (share_prompt=False), and prompt once on
+a sharded model with activation checkpointing (the recipe's --grad-checkpointing 1). Rank 0 writes
 OUT_DIR/once.json: per micro-batch the largest |log-prob difference| over the ranks and the
 largest norm-wise relative difference of one parameter's full gradient.
 """
@@ -61,28 +62,32 @@ if __name__ == "__main__":
         "T=1 vs longer": (pick(9, 10, 9), [one_token(seqs[5])]),
         "none vs none": (pick(0, 3), pick(6, 9)),  # rows whole on both
     }
-    model.train()
+    checkpointed, _ = load_policy(tiny_dir, device, ddp, grad_checkpointing=True)
+    assert checkpointed.is_activation_checkpointing
     results = {}
     for name, rows in micro_batches.items():
         batch = collate_rollouts(rows[rank], processor.tokenizer.pad_token_id)
         mask = batch["completion_mask"]
         runs = []
-        for share in (True, False):
-            logps = completion_logps(model, batch, temperature=0.7, suppress_ids=suppress,
+        for net, share in ((model, True), (model, False), (checkpointed, True)):
+            net.train()
+            logps = completion_logps(net, batch, temperature=0.7, suppress_ids=suppress,
                                      share_prompt=share)  # (B, T)
             (logps * mask).sum().backward()
-            grads = {n: p.grad.full_tensor() for n, p in model.named_parameters()
+            grads = {n: p.grad.full_tensor() for n, p in net.named_parameters()
                      if p.grad is not None}
-            model.zero_grad(set_to_none=True)
+            net.zero_grad(set_to_none=True)
             runs.append((logps.detach(), grads))
-        (once, g_once), (whole, g_whole) = runs
-        assert g_once.keys() == g_whole.keys()
-        worst = dist.all_reduce_dict({
-            "logps": (once[mask] - whole[mask]).abs().max().item(),
-            "grads": max(rel_norm([g_whole[n]], [g_once[n]]) for n in g_whole)}, op="max")
-        results[name] = {**worst, "T": dist.all_gather_objects(batch["completion_ids"].shape[1]),
-                         "row_prompt": dist.all_gather_objects("row_prompt" in batch),
-                         "vision_grads": any(n.startswith("model.visual") for n in g_once)}
+        (whole, g_whole) = runs[1]
+        for way, (once, g_once) in (("", runs[0]), ("checkpointed ", runs[2])):
+            assert g_once.keys() == g_whole.keys()
+            worst = dist.all_reduce_dict({
+                "logps": (once[mask] - whole[mask]).abs().max().item(),
+                "grads": max(rel_norm([g_whole[n]], [g_once[n]]) for n in g_whole)}, op="max")
+            results[way + name] = {
+                **worst, "T": dist.all_gather_objects(batch["completion_ids"].shape[1]),
+                "row_prompt": dist.all_gather_objects("row_prompt" in batch),
+                "vision_grads": any(n.startswith("model.visual") for n in g_once)}
     if rank == 0:
         with open(os.path.join(out_dir, "once.json"), "w") as f:
             json.dump(results, f)

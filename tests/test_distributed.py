@@ -93,7 +93,7 @@ def test_fsdp_generate_logits_and_checkpoint(tmp_path, tiny_dir):
 def test_prompt_once_under_fsdp_equals_rows_whole(tmp_path, tiny_dir):
     """Each distinct prompt once on a sharded model gives the log-probs and full gradients of rows
     whole: ranks with and without repeats (both make the two FSDP calls), T = 1 on one, and rows
-    whole on every rank when no rank repeats a prompt."""
+    whole on every rank when no rank repeats a prompt; with activation checkpointing too."""
     launch("tests/dist_once_checks.py", tiny_dir, str(tmp_path), timeout=180)
     checks = json.load(open(tmp_path / "once.json"))
     mixed = checks["repeats vs none"]
@@ -102,6 +102,7 @@ def test_prompt_once_under_fsdp_equals_rows_whole(tmp_path, tiny_dir):
     # no rank repeats a prompt: every rank runs rows whole, the same float operations both times
     none = checks.pop("none vs none")
     assert none["logps"] == 0.0 and none["grads"] == 0.0
+    assert len(checks) == 5  # and activation checkpointing (ReplayCache): 3 micro-batches
     for name, c in checks.items():
         # the prompt's attention runs in another call and batch shape: ~1e-6 of rounding on
         # log-probs <= ~10, as in test_rollout.py; a wrong cache row or position moves them >= 1e-2
