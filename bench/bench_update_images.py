@@ -69,6 +69,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=7, help="timed forward + backward of each, interleaved")
     parser.add_argument("--threads", type=int, default=None, help="threads per rank (2 / ranks)")
     parser.add_argument("--ranks", type=int, default=1, help="N > 1: FSDP2, gloo, torchrun")
+    parser.add_argument("--grad-checkpointing", type=int, default=0, help="1: the timed model's")
     args = parser.parse_args()
     args.threads = args.threads or max(1, 2 // args.ranks)
     if args.ranks > 1 and not dist.is_ddp():  # relaunch this script under torchrun
@@ -88,8 +89,9 @@ def main():
     model.eval()
     seqs = generate_rollouts(model, processor, [r["messages"] for r in rows], group_size=args.group_size,
                              max_new_tokens=args.max_new_tokens, suppress_ids=suppress, seed=rank)
-    if ddp:  # the timed model: sharded as train_grpo.py shards it (plain copy above only sampled)
-        model, _ = load_policy(ensure_tiny_model(), device, ddp)
+    if ddp or args.grad_checkpointing:  # the timed model, as train_grpo.py loads it
+        model, _ = load_policy(ensure_tiny_model(), device, ddp,
+                               grad_checkpointing=bool(args.grad_checkpointing))
     model.train()
     shared = collate_rollouts(seqs, processor.tokenizer.pad_token_id)
     images_once = {k: v for k, v in shared.items() if k != "row_prompt" and not k.startswith("prefix")}
@@ -136,7 +138,8 @@ def main():
     where = f" per rank, {world_size} ranks FSDP2 gloo" if ddp else ""
     dist.print0(f"{args.prompts} image prompts ({tokens} image tokens each) x G {args.group_size}"
                 f"{where}, {args.max_new_tokens} new tokens, {args.threads} threads"
-                f"{' per rank' if ddp else ''}, median of {args.repeats}")
+                f"{' per rank' if ddp else ''}, median of {args.repeats}"
+                f"{', activation checkpointing' if args.grad_checkpointing else ''}")
     for name in list(batches)[:-1]:
         dist.print0(f"{name}: max |difference| from {reference_name}: log-probs "
                     f"{diffs[name]['logps']:.2e}, gradients {diffs[name]['grads']:.2e}")
