@@ -10,9 +10,11 @@ tokens at -inf, the distribution generate sampled (pitfalls 4 and 6).
 Shapes: B sequences, P prompt and T completion positions, V vocabulary, H hidden size, C chunk rows.
 """
 
+import contextlib
 import types
 
 import torch
+from transformers import DynamicCache
 
 # -------------------------------------------------------------------------------------------------
 # The training batch
@@ -172,8 +174,14 @@ def head_logps(hidden, weight, targets, *, temperature=1.0, suppress_ids=None, c
 
 def _hidden_then_head(model, inputs, targets, temperature, suppress_ids, chunk_rows):
     """The last hidden states at the T positions that predict `targets`, then the chunked head.
-    An FSDP forward method: the root unit (LM head, embeddings) unshards around it (pitfall 11)."""
+    An FSDP forward method: the root unit (LM head, embeddings) unshards around it (pitfall 11).
+    With the prefix keys (row_prompt ...) each distinct prompt runs once (shared_prompt_hidden)."""
     T = targets.shape[1]
+    if "row_prompt" in inputs:
+        with cache_kept_when_checkpointed(model):
+            hidden = shared_prompt_hidden(model, inputs)  # (B, T, H)
+        return head_logps(hidden, model.lm_head.weight, targets, temperature=temperature,
+                          suppress_ids=suppress_ids, chunk_rows=chunk_rows)
     if "image_index" in inputs:  # each distinct image through the vision tower once (pitfall 19)
         inputs = dict(inputs)
         index = inputs.pop("image_index").tolist()
@@ -189,7 +197,8 @@ def _hidden_then_head(model, inputs, targets, temperature, suppress_ids, chunk_r
 
 def sequence_logps(model, inputs, targets, *, temperature=1.0, suppress_ids=None, chunk_rows=None):
     """(B, T) fp32 log-probs of `targets`, the last T tokens of inputs["input_ids"] (B, L). inputs:
-    input_ids, attention_mask, mm_token_type_ids (M-RoPE, pitfall 5), position_ids, images."""
+    input_ids, attention_mask, mm_token_type_ids (M-RoPE, pitfall 5), position_ids, images; or a
+    collate_rollouts batch with its prefix keys (each distinct prompt once)."""
     if not hasattr(model, "nr_hidden_then_head"):  # once per model; a no-op if unsharded
         from torch.distributed.fsdp import register_fsdp_forward_method
         model.nr_hidden_then_head = types.MethodType(_hidden_then_head, model)
@@ -198,46 +207,98 @@ def sequence_logps(model, inputs, targets, *, temperature=1.0, suppress_ids=None
                                      suppress_ids, chunk_rows)
 
 
+class ReplayCache(DynamicCache):
+    """A DynamicCache that HF's checkpointed decoder layers may write: the recompute of a layer in
+    backward would append its keys and values a second time, so there update() hands back what it
+    returned in the forward, per layer last in first out (backward recomputes a layer's completion
+    call before its prompt call, whose keys and values the completion call read)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.returned = {}  # layer index -> [(keys, values)] in forward order
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        done = self.returned.setdefault(layer_idx, [])
+        if torch._C._current_graph_task_id() != -1:  # inside backward: checkpoint's recompute
+            return done.pop()
+        out = super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        done.append(out)
+        return out
+
+
 def shared_prompt_hidden(model, batch):
     """(B, T, H) last hidden states predicting batch["completion_ids"], each distinct prompt run
     once: its KV cache rows are picked per sequence (row_prompt) and the completions run against
-    them; gradients flow back into the shared prompt forward (pitfall 20)."""
+    them; gradients flow back into the shared prompt forward (pitfall 20). Always two calls of
+    the model, T = 1 included: under FSDP every rank must make the same calls (pitfall 22). Under
+    gradient checkpointing, inside cache_kept_when_checkpointed (a ReplayCache, pitfall 23)."""
     rows, T = batch["row_prompt"], batch["completion_ids"].shape[1]  # (B,)
     images = {k: batch[k] for k in ("pixel_values", "image_grid_thw") if k in batch}
+    cache = ReplayCache(config=model.config.get_text_config())
     prefix = model.model(input_ids=batch["prefix_ids"], attention_mask=batch["prefix_mask"],
                          mm_token_type_ids=batch["prefix_mm_types"], use_cache=True,
-                         position_ids=batch["prefix_positions"], **images)
+                         position_ids=batch["prefix_positions"], past_key_values=cache, **images)
     # index_select: x[rows]'s backward adds repeats in a thread-dependent order (pitfall 21)
     first = prefix.last_hidden_state[:, -1:].index_select(0, rows)  # (B, 1, H) predicts token 0
-    if T == 1:
-        return first
-    cache = prefix.past_key_values
     for layer in cache.layers:  # (B, heads, Pp, d): a row per sequence (not batch_select_indices)
         layer.keys = layer.keys.index_select(0, rows)
         layer.values = layer.values.index_select(0, rows)
-    ids = batch["completion_ids"][:, :T - 1]  # (B, T-1) completion tokens as inputs
-    mask = torch.cat([batch["prefix_mask"][rows], batch["completion_mask"][:, :T - 1].long()], 1)
+    n = max(T - 1, 1)  # completion tokens as inputs; with T = 1 one token whose output is unused
+    ids = batch["completion_ids"][:, :n]  # (B, n)
+    mask = torch.cat([batch["prefix_mask"][rows], batch["completion_mask"][:, :n].long()], 1)
     P = batch["input_ids"].shape[1] - T
     rest = model.model(input_ids=ids, attention_mask=mask, mm_token_type_ids=torch.zeros_like(ids),
-                       position_ids=batch["position_ids"][:, :, P:P + T - 1],
+                       position_ids=batch["position_ids"][:, :, P:P + n],
                        past_key_values=cache, use_cache=True)
-    return torch.cat([first, rest.last_hidden_state], 1)  # (B, T, H)
+    return torch.cat([first, rest.last_hidden_state[:, :T - 1]], 1)  # (B, T, H)
 
 
-def completion_logps(model, batch, *, temperature=1.0, suppress_ids=None, chunk_rows=None):
-    """(B, T) fp32 log-probs of batch["completion_ids"] under the model. A prompt on several rows
-    runs once (shared_prompt_hidden) unless the model is FSDP-sharded or checkpointed (HF's
-    checkpointed layers drop the cache in training); otherwise every row runs whole."""
-    device = next(model.parameters()).device
+@contextlib.contextmanager
+def cache_kept_when_checkpointed(model):
+    """HF's checkpointed decoder layers drop the cache in training unless the layer says the
+    recompute is safe: with a ReplayCache it is (pitfall 23)."""
+    layers = model.model.language_model.layers
+    for layer in layers:
+        layer._can_checkpoint_with_cache = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer._can_checkpoint_with_cache  # the class's False again
+
+
+def each_row_a_prompt(batch):
+    """A batch with no repeated prompt given the prefix keys anyway (row_prompt = 0..B-1, images
+    per occurrence), so that it makes shared_prompt_hidden's two calls like the other ranks."""
+    P = batch["input_ids"].shape[1] - batch["completion_ids"].shape[1]
+    out = expand_images(batch) if "image_index" in batch else dict(batch)
+    out.update(prefix_ids=batch["input_ids"][:, :P], prefix_mask=batch["attention_mask"][:, :P],
+               prefix_mm_types=batch["mm_token_type_ids"][:, :P],  # (B, P) each
+               prefix_positions=batch["position_ids"][:, :, :P],  # (3, B, P)
+               row_prompt=torch.arange(batch["input_ids"].shape[0]))  # (B,)
+    return out
+
+
+def completion_logps(model, batch, *, temperature=1.0, suppress_ids=None, chunk_rows=None,
+                     share_prompt=True):
+    """(B, T) fp32 log-probs of batch["completion_ids"] under the model. share_prompt: a prompt on
+    several rows runs once (shared_prompt_hidden), gradient checkpointing included. Under FSDP the
+    ranks agree first: if any rank's micro-batch repeats a prompt, every rank takes that path (a
+    rank with no repeat runs each row as its own prompt), else every rank runs rows whole, so all
+    make the same calls (pitfall 22). share_prompt=False: rows whole."""
     from torch.distributed.fsdp import FSDPModule
-    sharded = isinstance(model, FSDPModule)
-    if "row_prompt" in batch and not model.is_activation_checkpointing and not sharded:
-        batch = {k: v.to(device) for k, v in batch.items()}
-        return head_logps(shared_prompt_hidden(model, batch), model.lm_head.weight,
-                          batch["completion_ids"], suppress_ids=suppress_ids, chunk_rows=chunk_rows,
-                          temperature=temperature if temperature > 0 else 1.0)
+    device = next(model.parameters()).device
+    once = share_prompt and "row_prompt" in batch
+    if share_prompt and isinstance(model, FSDPModule):
+        from nanorevisual.dist import all_reduce_dict
+        once = all_reduce_dict({"once": once}, device, op="max")["once"] > 0  # any rank's repeat
+    if once and "row_prompt" not in batch:
+        batch = each_row_a_prompt(batch)
     keys = ("input_ids", "attention_mask", "mm_token_type_ids", "position_ids", "pixel_values",
             "image_grid_thw", "image_index")
+    if once:
+        keys += ("completion_ids", "completion_mask", "row_prompt", "prefix_ids", "prefix_mask",
+                 "prefix_mm_types", "prefix_positions")
     inputs = {k: batch[k].to(device) for k in keys if k in batch}
     return sequence_logps(model, inputs, batch["completion_ids"].to(device),
                           temperature=temperature, suppress_ids=suppress_ids, chunk_rows=chunk_rows)

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from parity import SUM_RTOL, equal_trees, rel, rel_norm, within
+from parity import SUM_RTOL, TENSOR_RTOL, equal_trees, rel, rel_norm, within
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = [pytest.mark.slow,
@@ -87,6 +87,28 @@ def test_fsdp_generate_logits_and_checkpoint(tmp_path, tiny_dir):
     assert checks["after_gather_logits_equal"]
     assert checks["reload_logits_equal"]  # written by 2 ranks, reloaded plain: identical logits
     assert "model.safetensors" in checks["folder"] and "meta.json" in checks["folder"]
+
+
+
+def test_prompt_once_under_fsdp_equals_rows_whole(tmp_path, tiny_dir):
+    """Each distinct prompt once on a sharded model gives the log-probs and full gradients of rows
+    whole: ranks with and without repeats (both make the two FSDP calls), T = 1 on one, and rows
+    whole on every rank when no rank repeats a prompt; with activation checkpointing too."""
+    launch("tests/dist_once_checks.py", tiny_dir, str(tmp_path), timeout=180)
+    checks = json.load(open(tmp_path / "once.json"))
+    mixed = checks["repeats vs none"]
+    assert mixed["row_prompt"] == [True, False] and mixed["vision_grads"]
+    assert checks["T=1 vs longer"]["T"] == [8, 1]
+    # no rank repeats a prompt: every rank runs rows whole, the same float operations both times
+    none = checks.pop("none vs none")
+    assert none["logps"] == 0.0 and none["grads"] == 0.0
+    assert len(checks) == 5  # and activation checkpointing (ReplayCache): 3 micro-batches
+    for name, c in checks.items():
+        # the prompt's attention runs in another call and batch shape: ~1e-6 of rounding on
+        # log-probs <= ~10, as in test_rollout.py; a wrong cache row or position moves them >= 1e-2
+        within(f"fsdp prompt once/{name}/log-probs vs rows whole", c["logps"], 1e-5)
+        # G rows' gradients reach the prompt as one sum instead of G: other groupings, per tensor
+        within(f"fsdp prompt once/{name}/gradients vs rows whole", c["grads"], TENSOR_RTOL)
 
 
 def test_sft_one_vs_two_ranks_and_resume(tmp_path, tiny_dir, toy_dir):
