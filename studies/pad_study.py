@@ -37,6 +37,7 @@ kept, a half-finished run folder is deleted and run again.
 """
 
 import argparse
+import glob
 import json
 import math
 import os
@@ -50,7 +51,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from nanorevisual.common import UserError, one_line_errors
 from studies.runs import run_script, t_quantile
-from studies.plots import (load_metrics, plot_adv_hist, plot_eval_curves, plot_heatmap, plot_series,
+from studies.plots import (load_metrics, plot_adv_hist, plot_adv_values, plot_eval_curves, plot_heatmap, plot_series,
                                 plot_stage_order)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -270,9 +271,15 @@ def variant_study(args, ctx, specs):
         run_script("studies.pad_explorer", "--dump", dump, "--pad", "code", "--out",
             os.path.join(out, "pad_explorer_code.png"), log=os.path.join(out, "pad_explorer_code.log"), threads=0)
         plots.append(os.path.join(out, "pad_explorer_code.png"))
+    dumps = sorted(glob.glob(os.path.join(out, "*", "seed*", "rollouts", "step_*.jsonl")))
+    adv_values = plot_adv_values(dumps, os.path.join(out, "adv_values.png"),
+                                 binary_reward_band(0, float("inf"), TOY_GROUP_SIZE),
+                                 f"|A| over every rollout dump of the study ({len(dumps)} dumps)")
+    plots.append(os.path.join(out, "adv_values.png"))
     results = {"study": args.mode, "config": ctx["config"], "definitions": DEFINITIONS, "budgets": budgets,
-               "variants": variants}
-    write_outputs(args, results, variant_report(args, ctx, variants, budgets), plots)
+               "variants": variants, "adv_values": adv_values}
+    write_outputs(args, results, variant_report(args, ctx, variants, budgets) + [
+        "", f"|A| over every rollout dump (adv_values.png): {adv_values}"], plots)
 
 
 def map_study(args, ctx):

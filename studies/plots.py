@@ -117,6 +117,40 @@ def plot_adv_hist(dump_path, out_png, title=None):
     return out_png
 
 
+def plot_adv_values(dump_paths, out_png, binary_values, title):
+    """|A| > 0 over many rollout dumps on fine bins, against the values a binary reward can give; returns the
+    counts a reader needs: how much of |A| falls off those values, and how many accuracy-tied groups (all right
+    or all wrong) carry any |A| at all, or hold G copies of one string."""
+    plt = pyplot()
+    values, stats = [], dict.fromkeys(["groups", "acc_tied", "acc_tied_nonzero", "acc_tied_one_text"], 0)
+    for path in dump_paths:
+        groups = {}
+        for r in read_jsonl_records(path):
+            groups.setdefault(r["prompt_id"], []).append(r)
+        for rows in groups.values():
+            values += [abs(r["advantage"]) for r in rows if r["advantage"] != 0]
+            tied = len({r["reward_accuracy"] for r in rows}) == 1
+            stats["groups"] += 1
+            stats["acc_tied"] += tied
+            stats["acc_tied_nonzero"] += tied and any(r["advantage"] != 0 for r in rows)
+            stats["acc_tied_one_text"] += tied and len({r["completion"] for r in rows}) == 1
+    stats.update(nonzero=len(values), distinct=len({round(v, 4) for v in values}),
+                 off_binary=sum(min(abs(v - b) for b in binary_values) > 1e-3 for v in values))
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.hist(values, bins=500, log=True, label=f"|A| > 0 ({len(values)} rollouts)")
+    for b in binary_values:
+        ax.axvline(b, color="tab:orange", lw=0.6, ls="--")
+    ax.plot([], [], color="tab:orange", ls="--", label="the values a binary reward can give")
+    ax.set_xlabel("|advantage|")
+    ax.set_ylabel("rollouts (log)")
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return stats
+
+
 def interp(xs, ys, x):
     """Piecewise-linear y(x) for a nondecreasing xs (the first point where xs is flat)."""
     for j in range(len(xs)):
