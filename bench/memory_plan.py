@@ -523,6 +523,7 @@ def largest(measure, n0, peak0, step, budget, cap):
 def run_stage(env, stage, budget, search):
     """Build the stage's model(s) as its script does, count its phases; with search, the largest
     sizes whose peak fits budget (bytes). Returns (rows, {flag: (largest, {size: peak})})."""
+    from nanorevisual import dist as nr_dist
     from nanorevisual.model import warmup_forward
     gc.collect()  # the previous stage's models (FSDP modules hold reference cycles)
     if env.device.type == "cuda":
@@ -548,9 +549,10 @@ def run_stage(env, stage, budget, search):
 
     with env.fake_mode, counter.counting():
         optimizer = None if evaluate else init_optimizer(model)
-        if trl:  # FSDP2 reshards a root unit after backward only: from the reference's first
-            warmup_forward(ref, env.processor, env.device)  # no-grad forward on, its root stays
-        if sft:  # gathered (embeddings, LM head), as in every step after the first
+        if trl:  # a no-grad forward leaves the root gathered; train_grpo.stored_logps reshards
+            warmup_forward(ref, env.processor, env.device)  # it after the reference's pass, so
+            nr_dist.reshard_all(ref)  # the update runs beside a sharded reference
+        if sft:
             rows_per_rank = max(1, p["sft_batch_size"] // env.world_size)
             result = sft_step(env, meter, model, optimizer, rows_per_rank)
             row("step", f"{rows_per_rank} x {p['sft_max_length']} tokens, text", result)

@@ -85,6 +85,7 @@ def prefill_once(model, enc, group_size):
     images = {k: enc[k] for k in ("pixel_values", "image_grid_thw") if k in enc}
     cache = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], use_cache=True,
                   mm_token_type_ids=types[:, :-1], position_ids=positions[..., :-1],
+                  logits_to_keep=1,  # only the cache is used: no (p, P-1, V) logits
                   **images).past_key_values  # P-1 positions
     cache.batch_repeat_interleave(group_size)  # (p*G, ...) sample k of prompt i at row i*G + k
     model.model.rope_deltas = rope_deltas.repeat_interleave(group_size, 0)  # (p*G, 1)
