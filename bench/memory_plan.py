@@ -720,3 +720,5 @@ def main():
 
 if __name__ == "__main__":
     main()
+    from nanorevisual import dist
+    dist.compute_cleanup()  # under torchrun (--real 1) and with the fake group alike

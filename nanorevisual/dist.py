@@ -6,9 +6,12 @@ CUDA, gloo + fp32 on CPU.
 import contextlib
 import datetime
 import os
+import sys
 
 import torch
 import torch.distributed as dist
+
+from nanorevisual.common import AT_EXIT
 
 TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
 
@@ -35,8 +38,17 @@ def compute_init(timeout_s=1800):
 
 
 def compute_cleanup():
+    """The last line of a script. Under torchrun it does not return: it destroys the process group
+    and leaves without the interpreter's teardown (os._exit), because a gloo worker thread can drop
+    the last reference to a finished collective's tensors after Python began tearing down; taking
+    the GIL then kills that thread inside a noexcept destructor: SIGABRT (pitfall 24)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+        for fn in AT_EXIT:  # what atexit would have run: the out-dir lock's release
+            fn()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def print0(*args, **kwargs):

@@ -220,13 +220,19 @@ def binary_reward_band(t_low, t_high, group_size):
     return tuple(values[(values > t_low) & (values < t_high)].tolist())
 
 
+def group_size_of(extra):
+    """G of every run of a study: --group-size in --extra, else the toy preset's."""
+    words = extra.split()
+    return int(words[words.index("--group-size") + 1]) if "--group-size" in words else TOY_GROUP_SIZE
+
+
 def map_cell_groups(presets, t_lows, t_highs, extra):
     """{(preset, t_low, t_high): the cell whose runs it shares}. Under the toy's binary reward two threshold pairs
     whose bands hold the same possible |A| values select identically, so with the same seed their runs are the same
     run: it is run once. Only when --extra leaves the reward and G alone (else every cell is its own)."""
     words = extra.split()
     binary = not any(flag in words for flag in REWARD_FLAGS)
-    group_size = int(words[words.index("--group-size") + 1]) if "--group-size" in words else TOY_GROUP_SIZE
+    group_size = group_size_of(extra)
     owner, first = {}, {}
     for preset in presets:
         for t_low in t_lows:
@@ -273,7 +279,7 @@ def variant_study(args, ctx, specs):
         plots.append(os.path.join(out, "pad_explorer_code.png"))
     dumps = sorted(glob.glob(os.path.join(out, "*", "seed*", "rollouts", "step_*.jsonl")))
     adv_values = plot_adv_values(dumps, os.path.join(out, "adv_values.png"),
-                                 binary_reward_band(0, float("inf"), TOY_GROUP_SIZE),
+                                 binary_reward_band(0, float("inf"), group_size_of(args.extra)),
                                  f"|A| over every rollout dump of the study ({len(dumps)} dumps)")
     plots.append(os.path.join(out, "adv_values.png"))
     results = {"study": args.mode, "config": ctx["config"], "definitions": DEFINITIONS, "budgets": budgets,
@@ -429,8 +435,10 @@ def map_report(args, ctx, maps):
               "softmax = paper (τ 1.0 -> 0.3, ρ 0.5, without replacement).", ""]
     shared = [(p, c) for p, grid in maps.items() for c in grid if c["same_runs_as"]]
     if shared:
-        lines += [f"With a binary reward and G = {TOY_GROUP_SIZE} the nonzero |A| take only the values 0.35, 0.54, "
-                  "0.72, 0.94, 1.21, 1.62 and 2.47, so threshold pairs that keep the same of these values select "
+        G = group_size_of(args.extra)
+        values = ", ".join(f"{v:.2f}" for v in binary_reward_band(0, float("inf"), G))
+        lines += [f"With a binary reward and G = {G} the nonzero |A| take only the values {values}, "
+                  "so threshold pairs that keep the same of these values select "
                   "the same samples and, seed for seed, are the same run; each was run once and its numbers fill "
                   "every such cell (marked `=` below): " + "; ".join(
                       f"{p} ({c['t_low']}, {c['t_high']}) = ({c['same_runs_as']['t_low']}, "

@@ -214,8 +214,9 @@ def test_shared_map_cells_select_identically(group_size):
     same samples from any batch (train_grpo.py sees the thresholds only through pad_select and pad/effective)."""
     import torch
     from nanorevisual.grpo import PAD_PRESETS, group_advantages, pad_select
-    from studies.pad_study import map_cell_groups
-    extra = f"--group-size {group_size}"
+    from studies.pad_study import group_size_of, map_cell_groups
+    extra = f"--seed 1 --group-size {group_size}"
+    assert group_size_of(extra) == group_size  # the map's sharing and the report's |A| values use this G
     owner = map_cell_groups(["code", "paper"], [0.0, 0.03, 0.1, 0.3, 0.5, 0.8], [0.97, 1.5, math.inf], extra)
     assert len(set(owner.values())) < len(owner)
     rng = random.Random(0)
