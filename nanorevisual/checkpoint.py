@@ -31,6 +31,13 @@ def git_commit():
         return None
 
 
+def kernels():
+    """What picks the float kernels: torch, the CPU's vector instructions, the GPU model. Resumed
+    under other kernels, a run continues but not bit for bit (pitfall 25)."""
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return f"torch {torch.__version__}, CPU {torch.backends.cpu.get_cpu_capability()}, {gpu}"
+
+
 def rng_state():
     return {"python": random.getstate(), "numpy": np.random.get_state(),
             "torch": torch.get_rng_state(),
@@ -102,7 +109,8 @@ def save_checkpoint(path, model, processor, meta, *, optimizer=None, extra=None,
     if master:
         save_hf_folder(tmp, model, processor, state_dict)
         with open(os.path.join(tmp, "meta.json"), "w") as f:
-            json.dump(dict(meta, git_commit=git_commit()), f, indent=2, default=str)
+            json.dump(dict(meta, git_commit=git_commit(), kernels=kernels()), f, indent=2,
+                      default=str)
     dist.barrier()
     if master:
         publish(tmp, path)
@@ -112,6 +120,11 @@ def save_checkpoint(path, model, processor, meta, *, optimizer=None, extra=None,
 
 def load_resume(path, model, optimizer, ddp=False):
     """Restore optimizer (under FSDP, model shards too) from path/resume; returns `extra`."""
+    with open(os.path.join(path, "meta.json")) as f:
+        saved = json.load(f).get("kernels", kernels())
+    if saved != kernels():
+        dist.print0(f"note: {path} was saved under {saved}; this run has {kernels()}: it "
+                    "continues, but not bit-identically to a run that never stopped (pitfall 25)")
     resume = os.path.join(path, "resume")
     if ddp:
         import torch.distributed.checkpoint as dcp

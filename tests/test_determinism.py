@@ -69,19 +69,35 @@ def new_temp_folders(out_dir, since):
         return []
 
 
-def kill_and_resume(script, args, out_dir, rng, kills, run_seconds):
-    """Start the run with --resume 1 until it finishes, SIGKILLing it `kills` times, alternately at a random
-    moment and in the middle of a save (as soon as a checkpoint temp folder of this process appears)."""
+def logged_steps(out_dir):
+    try:
+        with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+            return sum(1 for _ in f)  # one record per step: these runs have no held-out set
+    except FileNotFoundError:
+        return 0
+
+
+def kill_and_resume(script, args, out_dir, rng, kills, steps):
+    """Start the run with --resume 1 until it finishes, SIGKILLing it `kills` times, alternately in the middle of a
+    save (as soon as a checkpoint temp folder of this process appears; final/ has one too) and at a random step
+    (once the metrics of a step drawn from those left are written, plus up to 0.1 s; a step already logged kills
+    it during start-up). Moments follow the run's progress, not the clock, so a slow or loaded machine kills as
+    often as a fast one."""
     moments = []
     for k in range(kills):
         born = time.time()
-        proc, delay = start(script, *args, "--out-dir", out_dir, "--resume", "1"), rng.uniform(0.5, run_seconds)
-        deadline = time.monotonic() + delay
+        target, delay = rng.randint(min(logged_steps(out_dir), steps - 1), steps - 1), rng.uniform(0, 0.1)
+        proc, due = start(script, *args, "--out-dir", out_dir, "--resume", "1"), None
         while proc.poll() is None:
-            saving = k % 2 == 1 and bool(new_temp_folders(out_dir, born))
-            if saving or (k % 2 == 0 and time.monotonic() > deadline):
+            if k % 2 == 1 and new_temp_folders(out_dir, born):
                 proc.send_signal(signal.SIGKILL)
-                moments.append("save" if saving else f"{delay:.1f}s")
+                moments.append("save")
+                break
+            if k % 2 == 0 and due is None and logged_steps(out_dir) >= target:
+                due = time.monotonic() + delay
+            if due is not None and time.monotonic() > due:
+                proc.send_signal(signal.SIGKILL)
+                moments.append(f"step {target} + {delay:.2f} s")
                 break
             time.sleep(0.002)
         proc.wait()
@@ -101,11 +117,36 @@ def test_kill_anywhere_resumes_bit_identically(tmp_path, tiny_dir, toy_dir):
     moments = []
     for script, args in cases.items():
         straight = str(tmp_path / f"{script}-straight")
-        t0 = time.monotonic()
         finish(start(script, *args, "--out-dir", straight))
-        run_seconds = 0.6 * (time.monotonic() - t0)  # a resumed run starts part-way: kill it before it ends
+        steps = int(args[args.index("--max-steps") + 1])
         for trial in range(4):
             out = str(tmp_path / f"{script}-{trial}")
-            moments += kill_and_resume(script, args, out, rng, 3, run_seconds)
+            moments += kill_and_resume(script, args, out, rng, 3, steps)
             assert_identical(straight, out)
     assert len(moments) >= 20 and moments.count("save") >= 6, moments
+
+
+
+def test_resume_under_other_kernels_says_so(tmp_path, tiny_dir, toy_dir):
+    """The one resume that cannot be bit-identical: other float kernels (here ATen's scalar ones instead of this
+    CPU's vector ones, as on a machine with another CPU). The run continues and prints one note; the same kernels
+    print none."""
+    import shutil
+    import torch
+    if torch.backends.cpu.get_cpu_capability() == "DEFAULT":
+        pytest.skip("this CPU runs ATen's scalar kernels already: there are no other kernels to resume under")
+    args = ["--model", tiny_dir, "--data", os.path.join(toy_dir, "sft_train.jsonl"), "--max-steps", "4",
+            "--save-every", "2", "--eval-every", "0", "--batch-size", "16", "--max-length", "128"]
+    straight = str(tmp_path / "straight")
+    finish(start("train_sft.py", *args, "--out-dir", straight))
+    printed = {}
+    for name, kernels in {"same": {}, "other": {"ATEN_CPU_CAPABILITY": "default"}}.items():
+        out = str(tmp_path / name)
+        shutil.copytree(straight, out, ignore=shutil.ignore_patterns("final", ".lock"))  # as if killed at step 3
+        env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=ROOT, OMP_NUM_THREADS="2", **kernels)
+        run = subprocess.run([sys.executable, os.path.join(ROOT, "train_sft.py"), *args, "--out-dir", out,
+                              "--resume", "1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0 and "resumed from" in run.stdout, run.stderr[-3000:]
+        printed[name] = [line for line in run.stdout.splitlines() if "not bit-identically" in line]
+    assert printed["same"] == []
+    assert len(printed["other"]) == 1 and "CPU DEFAULT" in printed["other"][0], printed
