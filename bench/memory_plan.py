@@ -14,6 +14,7 @@ Stages and phases (the README recipe; unset flags take the scripts' PAPER preset
           validation      train_grpo.evaluate: one call of --generate-batch-seqs prompts (G 1)
           old log-probs   the micro-batch, no grad (PAD's released 6 optimizer steps per rollout)
           update          --micro-batch-size 2 rows of prompt + completion, an image each
+          ..., one prompt the same rows all of one prompt: run once, its KV cache kept to backward
     trl   the same on text, vision frozen, and the reference model (its shards, its forward)
     eval  generate        eval.py's --batch-size 64 prompts, images within [262144, 1048576] px
 
@@ -337,6 +338,9 @@ def rollout_kwargs(env, group_size):
                 seed=0, suppress_ids=suppress, synced_gpus=False)
 
 
+IMAGE = ("pixel_values", "image_grid_thw")
+
+
 def long_completions(seqs, T, token_id):
     """The rollouts with completions of T tokens (the last one T-1: right padding), each with its
     own prompt tensors (collate_rollouts then stores every row's image: the worst case)."""
@@ -587,9 +591,11 @@ def run_stage(env, stage, budget, search):
         if evaluate:
             return rows, fits
 
-        def micro_batch(m):  # m rows, each its own prompt, completions of T tokens
+        def micro_batch(m, shared=False):  # m rows, each its own prompt (shared: all the first's)
             firsts = seqs[::G] * math.ceil(m / len(seqs[::G]))
-            return long_completions(firsts[:m], T, env.token_id)
+            rows = long_completions(firsts[:m], T, env.token_id)
+            prompt = {k: v for k, v in rows[0].items() if k.startswith("prompt_") or k in IMAGE}
+            return [dict(r, **prompt) for r in rows] if shared else rows
 
         shape = f"{mb} x ({p['max_prompt_length']} + {T}) tokens, "
         shape += f"{mb} images" if image else "text"
@@ -597,10 +603,20 @@ def run_stage(env, stage, budget, search):
             logprob_pass(env, meter, models, micro_batch(mb)))
         result = update(env, meter, model, optimizer, micro_batch(mb), trl)
         row("update", shape + (", reference model held" if trl else ""), result)
-        if search:
-            fits["--micro-batch-size"] = largest(
-                lambda k: update(env, meter, model, optimizer, micro_batch(k), trl)["peak"], mb,
-                result["peak"], 1, budget, SEARCH_CAPS["micro_batch"])
+        shared_result = result
+        if mb > 1:  # G samples of one prompt: its prefix runs once (shared_prompt_hidden)
+            shared_result = update(env, meter, model, optimizer, micro_batch(mb, True), trl)
+            kept = ", checkpointed: the KV cache held to backward" if env.grad_checkpointing else ""
+            row("update, one prompt", f"{mb} completions of 1 prompt, prompt once{kept}",
+                shared_result)
+        if search:  # whichever layout holds more at each size: rows whole or one prompt's
+
+            def update_peak(k):
+                return max(update(env, meter, model, optimizer, micro_batch(k, shared), trl)["peak"]
+                           for shared in {False, k > 1})
+            peak = max(result["peak"], shared_result["peak"])
+            fits["--micro-batch-size"] = largest(update_peak, mb, peak, 1, budget,
+                                                 SEARCH_CAPS["micro_batch"])
     return rows, fits
 
 

@@ -67,6 +67,6 @@ def test_simulated_peaks_match_a_real_two_rank_run(tiny_dir, tmp_path):
          "--real", "1", "--json", str(tmp_path / "real.json")])
     sim, real = (json.load(open(tmp_path / f"{kind}.json"))["rows"] for kind in ("sim", "real"))
     assert [(r["stage"], r["phase"]) for r in sim] == [(r["stage"], r["phase"]) for r in real]
-    assert len(sim) == 10  # sft step; mrl, trl: rollout, validation, log-probs, update; eval
+    assert len(sim) == 12  # sft step; mrl, trl: rollout, validation, log-probs, update, one prompt's; eval
     for s, r in zip(sim, real):
         assert abs(s["peak"] / r["peak"] - 1) <= TOLERANCE, (s, r)
