@@ -121,9 +121,9 @@ def save_checkpoint(path, model, processor, meta, *, optimizer=None, extra=None,
 def load_resume(path, model, optimizer, ddp=False):
     """Restore optimizer (under FSDP, model shards too) from path/resume; returns `extra`."""
     with open(os.path.join(path, "meta.json")) as f:
-        saved = json.load(f).get("kernels", kernels())
-    if saved != kernels():
-        dist.print0(f"note: {path} was saved under {saved}; this run has {kernels()}: it "
+        saved, now = json.load(f).get("kernels"), kernels()
+    if saved and saved != now:
+        dist.print0(f"note: {path} was saved under {saved}; this run has {now}: it "
                     "continues, but not bit-identically to a run that never stopped (pitfall 25)")
     resume = os.path.join(path, "resume")
     if ddp:

@@ -21,8 +21,18 @@ class MissingPackage(UserError, ImportError):
     """An optional package the input needs (pyarrow for parquet, matplotlib) is not installed."""
 
 
-AT_EXIT = []  # run at a one-line error exit too (os._exit skips atexit): the out-dir lock's release
+AT_EXIT = []  # what exit_now runs (os._exit skips atexit): the out-dir lock's release
 MAX_NONFINITE_STEPS = 3  # non-finite gradient norms in a row (steps skipped) before a run stops
+
+
+def exit_now(code):
+    """Leave at once with `code`, without the interpreter's teardown (os._exit): run AT_EXIT, which
+    atexit would have run, and flush stdout and stderr first."""
+    for fn in AT_EXIT:
+        fn()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def one_line_errors(parser):
@@ -35,9 +45,7 @@ def one_line_errors(parser):
             return default_hook(exc_type, exc, tb)
         if int(os.environ.get("RANK", 0)) == 0:
             print(f"error: {exc}", file=sys.stderr, flush=True)
-        for fn in AT_EXIT:
-            fn()
-        os._exit(2)  # skips torch.distributed's atexit teardown: it would wait for the other ranks
+        exit_now(2)  # skips torch.distributed's atexit teardown: it would wait for the other ranks
 
     def parser_error(message):
         print(f"error: {message}", file=sys.stderr, flush=True)

@@ -6,12 +6,11 @@ CUDA, gloo + fp32 on CPU.
 import contextlib
 import datetime
 import os
-import sys
 
 import torch
 import torch.distributed as dist
 
-from nanorevisual.common import AT_EXIT
+from nanorevisual.common import exit_now
 
 TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
 
@@ -44,11 +43,7 @@ def compute_cleanup():
     the GIL then kills that thread inside a noexcept destructor: SIGABRT (pitfall 24)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-        for fn in AT_EXIT:  # what atexit would have run: the out-dir lock's release
-            fn()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        exit_now(0)
 
 
 def print0(*args, **kwargs):

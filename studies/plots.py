@@ -30,6 +30,12 @@ def pyplot():
     return plt
 
 
+def save(plt, fig, out_png, dpi=80):
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=dpi)
+    plt.close(fig)
+
+
 def load_metrics(run_dir):
     """(training records, eval records) of OUT_DIR/metrics.jsonl."""
     records = read_jsonl_records(os.path.join(run_dir, "metrics.jsonl"))
@@ -67,9 +73,7 @@ def plot_run(run_dir, out_png, title=None, window=10):
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=80)
-    plt.close(fig)
+    save(plt, fig, out_png)
     return out_png
 
 
@@ -91,9 +95,7 @@ def plot_variants(runs, out_png, key="reward/accuracy", title=None, window=10):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title or key)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=80)
-    plt.close(fig)
+    save(plt, fig, out_png)
     return out_png
 
 
@@ -111,9 +113,7 @@ def plot_adv_hist(dump_path, out_png, title=None):
     ax.set_xlabel("|advantage|")
     ax.legend(fontsize=8)
     ax.set_title(title or os.path.basename(dump_path))
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=80)
-    plt.close(fig)
+    save(plt, fig, out_png)
     return out_png
 
 
@@ -145,9 +145,7 @@ def plot_adv_values(dump_paths, out_png, binary_values, title):
     ax.set_ylabel("rollouts (log)")
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
+    save(plt, fig, out_png, dpi=100)
     return stats
 
 
@@ -195,9 +193,7 @@ def plot_eval_curves(variants, out_png, title, key="acc"):
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=80)
-    plt.close(fig)
+    save(plt, fig, out_png)
     return out_png
 
 
@@ -215,9 +211,7 @@ def plot_series(series, out_png, title, window=10, hline=None):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=80)
-    plt.close(fig)
+    save(plt, fig, out_png)
     return out_png
 
 
@@ -244,9 +238,7 @@ def plot_heatmap(cells, rows, cols, out_png, title):
     ax.set_ylabel("t_low")
     fig.colorbar(image, ax=ax, label="held-out accuracy (mean over seeds)")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=80)
-    plt.close(fig)
+    save(plt, fig, out_png)
     return out_png
 
 
@@ -271,9 +263,7 @@ def plot_stage_order(chains, out_png, title):
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=80)
-    plt.close(fig)
+    save(plt, fig, out_png)
     return out_png
 
 

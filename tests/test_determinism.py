@@ -89,17 +89,18 @@ def kill_and_resume(script, args, out_dir, rng, kills, steps):
         target, delay = rng.randint(min(logged_steps(out_dir), steps - 1), steps - 1), rng.uniform(0, 0.1)
         proc, due = start(script, *args, "--out-dir", out_dir, "--resume", "1"), None
         while proc.poll() is None:
-            if k % 2 == 1 and new_temp_folders(out_dir, born):
-                proc.send_signal(signal.SIGKILL)
-                moments.append("save")
-                break
             if k % 2 == 0 and due is None and logged_steps(out_dir) >= target:
                 due = time.monotonic() + delay
-            if due is not None and time.monotonic() > due:
-                proc.send_signal(signal.SIGKILL)
-                moments.append(f"step {target} + {delay:.2f} s")
-                break
-            time.sleep(0.002)
+            if k % 2 == 1 and new_temp_folders(out_dir, born):
+                moment = "save"
+            elif due is not None and time.monotonic() > due:
+                moment = f"step {target} + {delay:.2f} s"
+            else:
+                time.sleep(0.002)
+                continue
+            proc.send_signal(signal.SIGKILL)
+            moments.append(moment)
+            break
         proc.wait()
         if os.path.exists(os.path.join(out_dir, "final", "meta.json")) and proc.returncode == 0:
             return moments  # finished before this kill
